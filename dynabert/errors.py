@@ -1,0 +1,15 @@
+"""The one error type users see.
+
+Anything the user can fix (a bad config key, a malformed TSV row, a missing file) is raised as
+``UserError`` with a one-line message that names the file, line or dotted key. The command-line
+entry points print it as ``error: <message>`` and exit with status 2, without a traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported in one line; exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always one line

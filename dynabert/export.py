@@ -1,0 +1,125 @@
+"""Turn one width of the supernet into a standalone, physically smaller BERT.
+
+The exported model is a plain PaddleNLP ``BertForSequenceClassification`` whose attention projections
+hold only the kept heads (``num_heads`` set on each attention instance) and whose FFN has the kept
+neurons. It is saved as a directory (weights, config.json, vocab, and ``dynabert_export.json`` with the
+head count, needed to rebuild it: ``load_exported``) and as a Paddle inference model (``paddle.jit.save``)
+with dynamic batch size and sequence length.
+"""
+import json
+import os
+import shutil
+from typing import Dict
+
+import numpy as np
+import paddle
+from paddlenlp.transformers import BertConfig, BertForSequenceClassification
+
+from dynabert.compat import whole_heads
+from dynabert.supernet import Supernet
+
+EXPORT_META = "dynabert_export.json"
+INFERENCE_PREFIX = "inference/model"
+
+
+def _shrink_attention(model: BertForSequenceClassification, heads: int, head_dim: int) -> None:
+    hidden = model.config.hidden_size
+    inner = heads * head_dim
+    for layer in model.bert.encoder.layers:
+        attn = layer.self_attn
+        attn.q_proj = paddle.nn.Linear(hidden, inner)
+        attn.k_proj = paddle.nn.Linear(hidden, inner)
+        attn.v_proj = paddle.nn.Linear(hidden, inner)
+        attn.out_proj = paddle.nn.Linear(inner, hidden)
+        attn.num_heads = heads  # Paddle's MultiHeadAttention reshapes with it; head_dim stays
+
+
+def build_small_model(config: BertConfig, heads: int) -> BertForSequenceClassification:
+    """An empty model of the exported shape: ``config`` already has the reduced intermediate_size and the
+    *original* num_attention_heads (which fixes head_dim = hidden / heads)."""
+    model = BertForSequenceClassification(config)
+    _shrink_attention(model, heads, config.hidden_size // config.num_attention_heads)
+    return model
+
+
+def extract_submodel(supernet: Supernet, width: float) -> BertForSequenceClassification:
+    """The width-``width`` sub-network as a plain model with sliced weights: the first kept heads and
+    neurons, exactly what the supernet's super layers use at that width."""
+    shape = supernet.shape
+    config = BertConfig.from_dict(supernet.model.config.to_dict())
+    config.intermediate_size = int(width * shape["ffn"])
+    model = build_small_model(config, whole_heads(width, shape["heads"]))
+    source = {name.replace(".fn.", "."): t for name, t in supernet.state_dict().items()}
+    with paddle.no_grad():
+        for name, param in model.state_dict().items():
+            full = source[name].numpy()
+            param.set_value(full[tuple(slice(0, n) for n in param.shape)])
+    model.eval()
+    return model
+
+
+def parameter_count(model: paddle.nn.Layer) -> int:
+    return int(sum(np.prod(p.shape) for p in model.parameters()))
+
+
+class _InferenceBert(paddle.nn.Layer):
+    """Positional (input_ids, token_type_ids, attention_mask) -> logits, the inference model's signature."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        return self.model(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+
+
+def save_exported(model: BertForSequenceClassification, width: float, tokenizer, out_dir: str,
+                  inference_model: bool = True) -> Dict[str, object]:
+    """Write into a temporary sibling directory, then rename: a crash never leaves half an export."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
+    model.config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    heads = model.bert.encoder.layers[0].self_attn.num_heads
+    meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model)}
+    with open(os.path.join(tmp, EXPORT_META), "w") as f:
+        json.dump(meta, f, indent=2)
+    if inference_model:
+        spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                paddle.static.InputSpec([None, None], "int64", "token_type_ids"),
+                paddle.static.InputSpec([None, None], "float32", "attention_mask")]
+        static = paddle.jit.to_static(_InferenceBert(model), input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(tmp, INFERENCE_PREFIX), input_spec=spec)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return meta
+
+
+def load_exported(path: str) -> BertForSequenceClassification:
+    with open(os.path.join(path, EXPORT_META)) as f:
+        meta = json.load(f)
+    config = BertConfig.from_pretrained(path)
+    model = build_small_model(config, meta["num_heads"])
+    model.set_state_dict(paddle.load(os.path.join(path, "model_state.pdparams")))
+    model.eval()
+    return model
+
+
+def inference_predictor(path: str, threads: int = 1):
+    """A Paddle Inference predictor for an exported directory (CPU; MKLDNN off for stable numbers)."""
+    config = paddle.inference.Config(os.path.join(path, INFERENCE_PREFIX + ".pdmodel"),
+                                     os.path.join(path, INFERENCE_PREFIX + ".pdiparams"))
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads)
+    config.disable_glog_info()
+    return paddle.inference.create_predictor(config)
+
+
+def run_predictor(predictor, batch: Dict[str, np.ndarray]) -> np.ndarray:
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(batch[name]))
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()

@@ -1,0 +1,67 @@
+"""Head and FFN-neuron importance on dev data (DynaBERT, section 3.1).
+
+Head importance: |d loss / d m| summed over dev batches, where m is a ones mask multiplying each head's
+attention probabilities. Multiplying the probabilities of head h by m_h is the same as multiplying head
+h's slice of the attention context (the input of out_proj) by m_h, so the mask is applied by a forward
+pre-hook on each out_proj instance: no change to any class's forward (defect 4 of the notes).
+
+Neuron importance of FFN neuron j: |sum_i W1[i,j] dW1[i,j] + b1[j] db1[j]| + |sum_k W2[j,k] dW2[j,k]|,
+summed over batches. Gradients are cleared after every batch (upstream sums the running, never-cleared
+gradient and leaves it in place for the first training step: defect 7).
+"""
+from typing import Callable, Iterable, Tuple
+
+import numpy as np
+import paddle
+
+from dynabert.supernet import model_shape
+
+
+def _head_mask_hook(head_mask: paddle.Tensor, layer_index: int, heads: int, head_dim: int):
+    def hook(layer, inputs):
+        (context,) = inputs  # [batch, seq, heads * head_dim]
+        b, s = context.shape[0], context.shape[1]
+        # Slice inside the hook: a slice node built once would be freed by the first backward.
+        row = head_mask[layer_index].reshape([1, 1, heads, 1])
+        masked = context.reshape([b, s, heads, head_dim]) * row
+        return (masked.reshape([b, s, heads * head_dim]),)
+    return hook
+
+
+def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
+                       loss_fn: Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns head importance [layers, heads] and neuron importance [layers, ffn] as float64 arrays.
+    ``batches`` yield dicts of tensors: input_ids, token_type_ids, attention_mask, labels.
+    Runs in eval mode (no dropout) so the result does not depend on the RNG."""
+    shape = model_shape(model)
+    layers = list(model.bert.encoder.layers)
+    head_mask = paddle.ones([shape["layers"], shape["heads"]], dtype="float32")
+    head_mask.stop_gradient = False
+    head_imp = np.zeros([shape["layers"], shape["heads"]])
+    neuron_imp = np.zeros([shape["layers"], shape["ffn"]])
+    hooks = [layer.self_attn.out_proj.register_forward_pre_hook(
+        _head_mask_hook(head_mask, i, shape["heads"], shape["head_dim"])) for i, layer in enumerate(layers)]
+    was_training = model.training
+    model.eval()
+    model.clear_gradients()
+    try:
+        for batch in batches:
+            logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                           attention_mask=batch["attention_mask"])
+            loss_fn(logits, batch["labels"]).backward()
+            head_imp += np.abs(head_mask.grad.numpy())
+            for i, layer in enumerate(layers):
+                w1, b1, w2 = layer.linear1.weight, layer.linear1.bias, layer.linear2.weight
+                neuron_imp[i] += np.abs((w1.numpy() * w1.grad.numpy()).sum(axis=0) + b1.numpy() * b1.grad.numpy())
+                neuron_imp[i] += np.abs((w2.numpy() * w2.grad.numpy()).sum(axis=1))
+            head_mask.clear_gradient()
+            model.clear_gradients()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in model.parameters():  # nothing stale reaches the first training step (defect 7)
+            p.clear_gradient(False)
+        if was_training:
+            model.train()
+    return head_imp, neuron_imp

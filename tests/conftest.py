@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random BERT saved as a model directory, with a vocabulary that covers the
+built-in synthetic SST-2 sentences, so pipeline tests run in seconds on CPU."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dynabert  # noqa: E402,F401  (zlib before paddle)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end run on the real pretrained model and real data")
+    config.addinivalue_line("markers", "dist: starts several processes with paddle.distributed.launch")
+
+
+def _builtin_vocab():
+    from dynabert.data import builtin_dataset
+
+    words = set()
+    for split in ("train", "dev"):
+        for e in builtin_dataset("sst-2", split):
+            words.update(e.text_a.lower().split())
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return specials + sorted(words)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A directory with a tiny random BERT (2 layers, 4 heads, hidden 16) and a matching vocab."""
+    from paddlenlp.transformers import BertTokenizer
+
+    from dynabert.models import save_model, tiny_bert
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    vocab = _builtin_vocab()
+    vocab_file = root / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
+    model = tiny_bert(num_classes=2, seed=0, vocab_size=len(vocab))
+    out = str(root / "model")
+    save_model(model, tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def glue_dir():
+    path = os.environ.get("GLUE_DIR")
+    if not path or not os.path.isdir(os.path.join(path, "SST-2")):
+        pytest.skip("GLUE_DIR with SST-2 is not set")
+    return path
