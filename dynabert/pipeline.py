@@ -24,6 +24,7 @@ from dynabert.errors import UserError
 from dynabert.evaluation import evaluate
 from dynabert.export import extract_submodel, load_exported, parameter_count, save_exported
 from dynabert.importance import compute_importance
+from dynabert.io_utils import atomic_paddle_save, atomic_write_text
 from dynabert.metrics import main_metric_name
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.run_log import RunLog, results_markdown, write_results
@@ -190,6 +191,8 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
                     "compress", cfg.run.log_every, cfg.run.progress)
     student_states.remove()
     teacher_states.remove()
+    if comms.is_main:
+        atomic_paddle_save(supernet.state_dict(), os.path.join(cfg.run.out_dir, "compress", "supernet.pdparams"))
     comms.barrier()
     speed = global_throughput(outcome.throughput, comms)
     log.info(f"compress: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
@@ -245,7 +248,6 @@ def run(cfg: Config, comms: Collectives, config_text: str = "") -> dict:
 
 def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict:
     if comms.is_main and config_text:
-        from dynabert.io_utils import atomic_write_text
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
     timings, results = {}, {"task": None, "world_size": comms.world_size}
     tokenizer = _tokenizer_of(cfg)
@@ -273,8 +275,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict
         results["widths"] = rows
         teacher_value = teacher_metrics[metric] if teacher_metrics else None
         markdown = results_markdown(table, teacher_value, metric)
-        log.info("\n" + markdown)
         if comms.is_main:
+            log.info("\n" + markdown)
             results["teacher"] = teacher_metrics
             results["seconds"] = timings
             write_results(cfg.run.out_dir, results, markdown)

@@ -50,7 +50,7 @@ class Throughput:
 @dataclass
 class TrainResult:
     steps: int
-    losses: List[Dict[str, float]] = field(default_factory=list)  # one dict per step (rank-local)
+    losses: List[Dict[str, float]] = field(default_factory=list)  # global means, on logging steps
     throughput: Throughput = field(default_factory=Throughput)
 
 
@@ -85,8 +85,9 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
             result.throughput.samples += len(batch["labels"])
             result.throughput.tokens += tokens
             result.throughput.seconds += elapsed
-            result.losses.append(losses)
             if step % log_every == 0 or step == steps:
+                losses = mean_over_ranks(losses, comms)  # what the global batch saw, as one process would
+                result.losses.append({"step": step, **losses})
                 lr = optimizer.get_lr()
                 log.record(tag, step, {**losses, "lr": lr, "step_seconds": elapsed})
                 log.info(f"{tag} step {step}/{steps} epoch {epoch} lr {lr:.2e} "
@@ -104,6 +105,15 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
     if hasattr(bar, "close"):
         bar.close()
     return result
+
+
+def mean_over_ranks(values: Dict[str, float], comms: Collectives) -> Dict[str, float]:
+    """Each rank's loss is the mean over its equal slice of the global batch, so the mean over ranks is
+    the global-batch loss. One small gather, only on logging steps."""
+    if comms.world_size == 1:
+        return values
+    parts = comms.all_gather_object(values)
+    return {k: sum(p[k] for p in parts) / len(parts) for k in values}
 
 
 def global_throughput(local: Throughput, comms: Collectives) -> Dict[str, float]:

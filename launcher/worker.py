@@ -37,6 +37,9 @@ def main(argv=None) -> int:
         from launcher.fleet_setup import init_collectives
         from dynabert.pipeline import run
 
+        from paddlenlp.utils.log import logger as paddlenlp_logger
+
+        paddlenlp_logger.set_level("WARNING")  # its INFO lines ("Configuration saved in ...") drown ours
         comms = init_collectives()
         run(cfg, comms, config_text=dump_config(cfg))
     except UserError as e:
