@@ -23,6 +23,8 @@ def world_size_from_env() -> int:
 def init_collectives() -> Collectives:
     """Single process: no process group at all. Under paddle.distributed.launch: fleet (NCCL on GPUs,
     gloo on CPU, as the launcher configured), then Paddle's collectives."""
+    if not paddle.is_compiled_with_cuda() or os.environ.get("PADDLE_DISTRI_BACKEND") == "gloo":
+        paddle.set_device("cpu")  # --device cpu on a GPU build: the launcher alone cannot force it
     if world_size_from_env() <= 1:
         return SingleProcess()
     from paddle.distributed import fleet

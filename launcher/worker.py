@@ -20,10 +20,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _default_threads() -> None:
-    """Paddle's CPU kernels use OMP_NUM_THREADS, read once at start-up: set it before paddle loads.
-    Processes on one machine share its cores."""
-    local = int(os.environ.get("PADDLE_LOCAL_SIZE") or os.environ.get("PADDLE_TRAINERS_NUM") or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(local, 1))))
+    """Run directly (no launcher, nothing set): use the machine's cores. Paddle's CPU kernels read
+    OMP_NUM_THREADS and MKL_NUM_THREADS once, and ``import paddle`` sets OMP to 1 when it is unset, so
+    this must run before paddle loads. Under dynabert-launch both are already set per process."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        threads = str(max(1, os.cpu_count() or 1))
+        os.environ["OMP_NUM_THREADS"] = threads
+        os.environ.setdefault("MKL_NUM_THREADS", threads)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,275 @@
+"""``dynabert-launch``: start the worker on N processes (and nodes) through Paddle's launcher.
+
+The command line and environment come from the pure ``build_launch_command``; this module only runs it,
+forwards its output, turns a failed job into one line naming the failing rank and its log, restarts the
+whole job when asked, and makes Ctrl-C stop every process it started.
+
+What Paddle 2.6.2's launcher does when a rank fails (read in launch/controllers/controller.py, job/pod.py,
+and observed on CPU with gloo): it polls every ~1 s, logs ``Container rank N status failed ... code C
+log <log_dir>/workerlog.N`` (followed by a dump of the *whole environment*, which we do not forward),
+prints the tail of that log, SIGTERMs the other ranks, and exits with the first non-zero exit code *in
+rank order* -- usually rank 0's -15 from being killed (exit status 241), not the failing rank's code.
+So the failing rank is taken from that log line, never from the launcher's exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, TextIO
+
+from dynabert.errors import UserError
+from launcher.launch_cmd import (LaunchOptions, available_cpus, build_launch_command, describe, env_diff,
+                                 worker_log)
+
+DEFAULT_WORKER = "launcher.worker"
+STOP_GRACE_S = 10  # after SIGTERM, how long the launcher gets to stop its workers before SIGKILL
+
+# controller.py: logger.error(f"Container failed !!!\n{container}"); Container.__str__ is
+# "Container rank {rank} status {status} cmd {cmd} code {code} log {errfile} \nenv {env}".
+_FAILED_RE = re.compile(r"^Container rank (\d+) status failed cmd .* code (-?\d+) log (.*?)\s*$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dynabert-launch",
+        description="Run the DynaBERT worker data-parallel via python -m paddle.distributed.launch.")
+    p.add_argument("--config", required=True, help="YAML config for the worker")
+    p.add_argument("--set", action="append", default=[], metavar="A.B=V", help="config override (repeatable)")
+    p.add_argument("--out_dir", help="run output directory (becomes --set run.out_dir=...; logs go to OUT_DIR/logs)")
+    p.add_argument("--resume", help="auto, or a checkpoint path (passed to the worker)")
+    p.add_argument("--nproc_per_node", type=int, help="processes on this node (default: number of --devices, else 1)")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1")
+    p.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 on the master node")
+    p.add_argument("--devices", help="GPU ids for this node, e.g. 0,1,2,3 (one process each)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--max_restarts", type=int, default=0,
+                   help="relaunch the whole job up to this many times after a failure, with --resume auto")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the command and environment changes")
+    # Not for users: a module name or a .py path to run instead of the real worker (tests use a fake one).
+    p.add_argument("--worker", default=DEFAULT_WORKER, help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_out_dir(args: argparse.Namespace) -> str:
+    """The run's output directory (it holds ``logs/``), from the same config the workers will load:
+    defaults < YAML < --set < --out_dir. Loading it here also rejects a bad config before any process
+    starts."""
+    from launcher.config import load_config
+
+    return load_config(args.config, worker_overrides(args)).run.out_dir
+
+
+def worker_overrides(args: argparse.Namespace) -> List[str]:
+    """The worker's ``--set`` values; ``--out_dir`` goes last so it wins over any ``--set run.out_dir``."""
+    return list(args.set) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
+
+
+def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]:
+    """What follows the interpreter in each worker's command line."""
+    head = [args.worker] if args.worker.endswith(".py") else ["-m", args.worker]
+    cmd = head + ["--config", args.config]
+    for text in worker_overrides(args):
+        cmd += ["--set", text]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd
+
+
+def options_from_args(args: argparse.Namespace) -> LaunchOptions:
+    nproc = args.nproc_per_node
+    if nproc is None:
+        nproc = len(args.devices.split(",")) if args.devices else 1
+    return LaunchOptions(
+        log_dir=os.path.join(resolve_out_dir(args), "logs"), nproc_per_node=nproc, nnodes=args.nnodes,
+        master=args.master, node_rank=args.node_rank, devices=args.devices, device=args.device,
+        max_restarts=args.max_restarts)
+
+
+def check_paddle_build(device: str) -> None:
+    """``--device gpu`` on the CPU wheel would silently train on CPU (the launcher falls back to gloo)."""
+    if device != "gpu":
+        return
+    from importlib import metadata
+    try:
+        metadata.version("paddlepaddle-gpu")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        metadata.version("paddlepaddle")
+    except metadata.PackageNotFoundError:
+        return  # an unusual build (custom wheel name): let Paddle decide
+    raise UserError("--device gpu: the installed Paddle is the CPU build (paddlepaddle); install paddlepaddle-gpu")
+
+
+@dataclass
+class JobResult:
+    returncode: int  # the Paddle launcher's own exit status
+    failed_rank: Optional[int] = None  # local rank (index on this node) Paddle reported as failed
+    failed_code: Optional[int] = None
+    failed_log: Optional[str] = None
+
+    def rank_text(self, opts: LaunchOptions) -> str:
+        g = opts.global_rank(self.failed_rank)
+        return f"rank {g}" if opts.nnodes == 1 else f"rank {g} (node {opts.node_rank}, local rank {self.failed_rank})"
+
+    def log_path(self, opts: LaunchOptions) -> str:
+        return self.failed_log or worker_log(opts.log_dir, self.failed_rank)
+
+    def exit_status(self) -> int:
+        """The failing rank's own status (a worker UserError stays 2); signals as 128+N like a shell."""
+        code = self.failed_code
+        if code is None:
+            return 1
+        if code < 0:
+            return min(128 - code, 255)
+        return code if 0 < code < 256 else 1
+
+    def explain(self, opts: LaunchOptions) -> str:
+        if self.failed_rank is not None:
+            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} (see {self.log_path(opts)})"
+        if opts.nnodes > 1:
+            return (f"the job stopped (Paddle launcher exit code {self.returncode}) with no failed rank on this"
+                    f" node; a rank on another node may have failed (logs: {opts.log_dir})")
+        return f"the Paddle launcher exited with code {self.returncode} before any rank failed (logs: {opts.log_dir})"
+
+
+def pump_output(stream, out: TextIO, err: TextIO) -> Optional[tuple]:
+    """Forward the launcher's merged output (its ``LAUNCH ...`` log lines to ``err``, the rank-0 log it
+    tails to ``out``); return ``(local_rank, code, log)`` of the first rank Paddle reports as failed."""
+    failure = None
+    skip_env_dump = False
+    for line in stream:
+        if skip_env_dump and line.startswith("env {"):
+            skip_env_dump = False  # the whole environment, secrets included: never on the terminal
+            continue
+        skip_env_dump = False
+        m = _FAILED_RE.match(line)
+        if m:
+            skip_env_dump = True
+            if failure is None:
+                failure = (int(m.group(1)), int(m.group(2)), m.group(3))
+        dest = err if (m or line.startswith("LAUNCH ")) else out
+        dest.write(line)
+        dest.flush()
+    return failure
+
+
+def run_job(argv: Sequence[str], env: dict, out: TextIO, err: TextIO) -> JobResult:
+    # A session of its own: the launcher (and, through it, the workers) is stopped by us, not by the
+    # terminal, so Ctrl-C always goes through stop_job's SIGTERM-then-SIGKILL sequence.
+    proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", start_new_session=True)
+    try:
+        failure = pump_output(proc.stdout, out, err)
+        returncode = proc.wait()
+    except BaseException:
+        stop_job(proc)
+        raise
+    finally:
+        proc.stdout.close()
+    if failure is None:
+        return JobResult(returncode)
+    return JobResult(returncode, *failure)
+
+
+def stop_job(proc: subprocess.Popen) -> None:
+    """SIGTERM the launcher, which stops its workers; after STOP_GRACE_S (or a second Ctrl-C), SIGKILL
+    the launcher and every process group under it. Workers run in sessions of their own (Paddle starts
+    them with setsid), so killing the launcher's group alone would orphan them."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    groups = {proc.pid}
+    for p in tree:
+        try:
+            groups.add(os.getpgid(p.pid))
+        except OSError:
+            pass
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    if pgid == os.getpgrp():  # never our own group (and the terminal's)
+        return
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already printed
+        return int(e.code or 0)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's kill stops the job too
+    try:
+        return _launch(args, sys.stdout, sys.stderr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: stopped the launcher and all ranks", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not os.path.isfile(args.config):
+        raise UserError(f"--config {args.config}: file not found")
+    opts = options_from_args(args)
+    if not args.dry_run:  # a dry run may preview a GPU command on a CPU machine
+        check_paddle_build(opts.device)
+    base_env, cpus = dict(os.environ), available_cpus()
+    resume = args.resume
+    for attempt in range(opts.max_restarts + 1):
+        argv, env = build_launch_command(opts, worker_command(args, resume), base_env=base_env, cpu_count=cpus)
+        if args.dry_run:
+            print(f"# {describe(opts, env, cpus, base_env)}", file=out)
+            print("# environment changes for the launcher and its workers:", file=out)
+            for line in env_diff(base_env, env):
+                print(line, file=out)
+            print(shlex.join(argv), file=out)
+            return 0
+        if attempt == 0:
+            print(f"dynabert-launch: {describe(opts, env, cpus, base_env)}", file=err, flush=True)
+        result = run_job(argv, env, out, err)
+        if result.returncode == 0:
+            return 0
+        status = result.exit_status()
+        if attempt == opts.max_restarts or status == UserError.exit_code:
+            # A worker's UserError (exit 2) is a problem with the input: restarting cannot fix it.
+            print(f"error: {result.explain(opts)}", file=err, flush=True)
+            return status
+        what = (f"{result.rank_text(opts)} failed (see {result.log_path(opts)})" if result.failed_rank is not None
+                else result.explain(opts))
+        print(f"restart {attempt + 1}/{opts.max_restarts} after {what}", file=err, flush=True)
+        resume = "auto"  # the failed attempt's newest checkpoint
+    raise AssertionError("unreachable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

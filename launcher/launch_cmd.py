@@ -1,0 +1,235 @@
+"""The ``python -m paddle.distributed.launch`` command line and environment, as plain data.
+
+``build_launch_command`` is a pure function (no I/O, no probing of the machine): everything it needs,
+including the parent's environment and the CPU count, comes in as arguments, so tests check it as data.
+Facts about Paddle 2.6.2's launcher (paddle/distributed/launch/) that shape it:
+
+* It takes a *script*, not ``-m module``: a ``training_script`` ending in ``.py`` is run as
+  ``python -u script``, anything else is executed as given with the rest of the line as its arguments.
+  We pass the interpreter itself as the "script" and ``-m launcher.worker ...`` as its arguments, so the
+  worker runs as a module (package imports work, nothing in the worker has to change).
+  An extra ``-x`` *before* the script would switch the launcher to its legacy mode (unknown args).
+* Environment variables beat flags: ``PADDLE_MASTER``, ``PADDLE_NNODES``, ``PADDLE_RANK``,
+  ``PADDLE_TRAINER_ID`` (-> ``--rank``), ``PADDLE_LOG_DIR``... left over from an enclosing job
+  silently override what we pass, and ``MASTER_ADDR``/``MASTER_PORT`` override the rendezvous in
+  ``init_parallel_env``. They are removed from the child's environment (see ``_STALE_KEYS``).
+* ``import paddle`` sets ``OMP_NUM_THREADS=1`` when it is unset, and the launcher copies its environment
+  to the workers: without an explicit value every worker runs one thread. ``MKL_NUM_THREADS`` overrides
+  OMP for Paddle's MKL kernels (measured: OMP=2 MKL=1 is as slow as one thread), so both are set.
+* Device selection is by ``CUDA_VISIBLE_DEVICES`` *presence*: if it is set at all (even on a CPU build)
+  the launcher assumes GPUs and assigns ``FLAGS_selected_gpus``; otherwise it probes the build. On CPU it
+  sets ``PADDLE_DISTRI_BACKEND=gloo`` per worker itself.
+* With ``--rank`` but no ``--master`` it warns about "auto mode", so the node rank is only passed for
+  multi-node jobs. ``--max_restart`` only acts in etcd elastic mode; restarts are ours (see cli.py).
+* The HTTP rendezvous (``--master ip:port``) is hosted by the node whose IP equals the master host; a
+  host *name* matches no node, nobody hosts it and every node waits forever. So we require an IPv4 address.
+
+Single process (1 node, 1 process) also goes through the launcher: the same logs (``workerlog.0``), the
+same ``PADDLE_*`` environment and the same failure report as N processes, for ~2 s of launcher start-up.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from dynabert.errors import UserError
+
+DEVICES = ("auto", "cpu", "gpu")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+# Read by the launcher or by init_parallel_env in place of our flags, or set per worker by the launcher:
+# a value inherited from an enclosing job (or a torch habit) would silently win.
+_STALE_KEYS = (
+    # paddle/distributed/launch/context/args_envs.py: env_args_mapping (env overrides the flag)
+    "POD_IP", "PADDLE_MASTER", "PADDLE_DEVICES", "PADDLE_NNODES", "PADDLE_RUN_MODE", "PADDLE_LOG_LEVEL",
+    "PADDLE_LOG_OVERWRITE", "PADDLE_SORT_IP", "PADDLE_NPROC_PER_NODE", "PADDLE_JOB_ID", "PADDLE_RANK",
+    "PADDLE_LOG_DIR", "PADDLE_MAX_RESTART", "PADDLE_ELASTIC_LEVEL", "PADDLE_ELASTIC_TIMEOUT",
+    "PADDLE_SERVER_NUM", "PADDLE_TRAINER_NUM", "PADDLE_SERVERS_ENDPOINTS", "PADDLE_TRAINERS_ENDPOINTS",
+    "PADDLE_GLOO_PORT", "PADDLE_WITH_GLOO", "PADDLE_START_PORT", "PADDLE_IPS", "PADDLE_AUTO_PARALLEL_CONFIG",
+    # parse_args: PADDLE_TRAINER_ID replaces --rank; init_parallel_env prefers MASTER_ADDR/PORT
+    "PADDLE_TRAINER_ID", "MASTER_ADDR", "MASTER_PORT",
+    # set per worker by the collective controller; stale copies only confuse a nested launch
+    "PADDLE_TRAINERS_NUM", "PADDLE_CURRENT_ENDPOINT", "PADDLE_TRAINER_ENDPOINTS", "PADDLE_GLOBAL_SIZE",
+    "PADDLE_LOCAL_SIZE", "PADDLE_GLOBAL_RANK", "PADDLE_LOCAL_RANK", "PADDLE_RANK_IN_NODE",
+    "PADDLE_BACKUP_ENV_PATH", "POD_NAME", "COLLECTIVE_MASTER_IP",
+    "FLAGS_selected_gpus", "FLAGS_selected_cpus", "PADDLE_DISTRI_BACKEND",
+)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What the user asked for; validated on construction. Errors name the dynabert-launch flag."""
+
+    log_dir: str  # first: the only field without a default (kw_only dataclasses need Python 3.10)
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    master: Optional[str] = None  # "ip:port" of node 0's rendezvous; required when nnodes > 1
+    node_rank: int = 0
+    devices: Optional[str] = None  # GPU ids as in CUDA_VISIBLE_DEVICES, e.g. "0,1,2,3"
+    device: str = "auto"  # auto: Paddle decides (GPUs if the build has CUDA and sees some, else CPU)
+    job_id: str = "dynabert"
+    max_restarts: int = 0  # whole-job relaunches, done by cli.py
+
+    def __post_init__(self):
+        _positive_int("--nproc_per_node", self.nproc_per_node, minimum=1)
+        _positive_int("--nnodes", self.nnodes, minimum=1)
+        _positive_int("--node_rank", self.node_rank, minimum=0)
+        _positive_int("--max_restarts", self.max_restarts, minimum=0)
+        if self.device not in DEVICES:
+            raise UserError(f"--device {self.device}: expected one of {', '.join(DEVICES)}")
+        if not self.log_dir:
+            raise UserError("--out_dir: empty path (the logs go to <out_dir>/logs)")
+        if not self.job_id or any(c.isspace() or c in "/\\" for c in self.job_id):
+            raise UserError(f"--job_id {self.job_id!r}: must be a non-empty name without spaces or slashes")
+        if self.node_rank >= self.nnodes:
+            raise UserError(f"--node_rank {self.node_rank}: must be in [0, {self.nnodes}) for --nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.master:
+            raise UserError(f"--master: required with --nnodes {self.nnodes} (ip:port of node 0, the same on every node)")
+        if self.master is not None:
+            _check_master(self.master)
+        if self.devices is not None:
+            ids = self.device_list
+            if self.device == "cpu":
+                raise UserError(f"--devices {self.devices}: GPU ids, not valid with --device cpu")
+            if len(ids) != self.nproc_per_node:
+                raise UserError(
+                    f"--devices {self.devices}: {len(ids)} device(s) but --nproc_per_node {self.nproc_per_node}"
+                    " (one process per GPU)")
+
+    @property
+    def device_list(self) -> List[str]:
+        ids = [d.strip() for d in (self.devices or "").split(",")]
+        if not ids or any(not d for d in ids):
+            raise UserError(f"--devices {self.devices!r}: expected comma-separated GPU ids, e.g. 0,1")
+        if len(set(ids)) != len(ids):
+            raise UserError(f"--devices {self.devices}: a GPU is listed twice")
+        return ids
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def global_rank(self, local_rank: int) -> int:
+        # Paddle orders ranks node by node (rank_offset = sum of earlier nodes' replicas).
+        return self.node_rank * self.nproc_per_node + local_rank
+
+
+def _positive_int(flag: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{flag} {value!r}: expected an integer >= {minimum}")
+
+
+def _check_master(master: str) -> None:
+    host, sep, port = master.rpartition(":")
+    if "://" in master:
+        raise UserError(f"--master {master}: give ip:port without a scheme (etcd:// elastic mode is not supported)")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--master {master}: expected ip:port with an integer port, e.g. 10.0.0.1:8090")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise UserError(
+            f"--master {master}: use node 0's IPv4 address, not a host name (Paddle's launcher compares it"
+            " with each node's IP to decide who hosts the rendezvous)")
+
+
+def threads_per_process(opts: LaunchOptions, cpu_count: int, base_env: Mapping[str, str]) -> Tuple[int, str]:
+    """Threads for each worker and why. An explicit OMP_NUM_THREADS from the user wins; otherwise the
+    node's CPUs are shared out so N processes do not fight over the same cores."""
+    user = base_env.get("OMP_NUM_THREADS", "").strip()
+    if user.isdigit() and int(user) > 0:
+        return int(user), "OMP_NUM_THREADS from the environment"
+    n = max(1, cpu_count // opts.nproc_per_node)
+    return n, f"{cpu_count} CPUs / {opts.nproc_per_node} process(es)"
+
+
+def build_launch_command(
+    opts: LaunchOptions,
+    worker_argv: Sequence[str],
+    python: str = sys.executable,
+    *,
+    base_env: Mapping[str, str],
+    cpu_count: int,
+) -> Tuple[List[str], Dict[str, str]]:
+    """``(argv, env)`` for the Paddle launcher. ``worker_argv`` is what follows the interpreter in the
+    worker's own command line: ``["-m", "launcher.worker", "--config", ...]`` or ``["/path/w.py", ...]``."""
+    if not worker_argv:
+        raise ValueError("worker_argv is empty")
+    argv = [python, "-m", "paddle.distributed.launch", "--nproc_per_node", str(opts.nproc_per_node)]
+    if opts.nnodes > 1:
+        argv += ["--nnodes", str(opts.nnodes), "--rank", str(opts.node_rank)]
+    if opts.master:
+        argv += ["--master", opts.master]
+    if opts.devices is not None:
+        argv += ["--devices", ",".join(opts.device_list)]
+    # --max_restart 0: Paddle's default says 3; it only acts in etcd mode, and restarts are ours anyway.
+    argv += ["--log_dir", opts.log_dir, "--job_id", opts.job_id, "--max_restart", "0"]
+    argv += [python, *worker_argv]
+
+    env = {k: v for k, v in base_env.items() if k not in _STALE_KEYS}
+    threads, _why = threads_per_process(opts, cpu_count, base_env)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"  # the launcher tails workerlog.N: unflushed lines would be lost on a crash
+    if opts.device == "cpu":
+        # Any CUDA_VISIBLE_DEVICES (even empty) makes the launcher assume GPUs and skip gloo.
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        env["PADDLE_DISTRI_BACKEND"] = "gloo"
+    elif opts.device == "gpu" or opts.devices is not None:
+        _check_visible_gpus(opts, base_env.get("CUDA_VISIBLE_DEVICES"))
+    return argv, env
+
+
+def _check_visible_gpus(opts: LaunchOptions, visible: Optional[str]) -> None:
+    """Paddle maps --devices onto the labels in CUDA_VISIBLE_DEVICES (by position) and hands process i
+    label i: catch here what would otherwise be an IndexError/ValueError inside the launcher."""
+    if visible is None or visible.strip() == "all":
+        return
+    labels = [x.strip() for x in visible.split(",") if x.strip()]
+    if not labels:
+        raise UserError("--device gpu: CUDA_VISIBLE_DEVICES is empty, so no GPU is visible")
+    if opts.devices is not None:
+        missing = [d for d in opts.device_list if d not in labels]
+        if missing:
+            raise UserError(f"--devices {opts.devices}: {missing[0]} is not in CUDA_VISIBLE_DEVICES={visible}")
+    elif opts.nproc_per_node > len(labels):
+        raise UserError(
+            f"--nproc_per_node {opts.nproc_per_node}: only {len(labels)} GPU(s) in CUDA_VISIBLE_DEVICES={visible}")
+
+
+def worker_log(log_dir: str, local_rank: int) -> str:
+    """Paddle's collective controller names each local process's output ``<log_dir>/workerlog.<local rank>``."""
+    return os.path.join(log_dir, f"workerlog.{local_rank}")
+
+
+def describe(opts: LaunchOptions, env: Mapping[str, str], cpu_count: int, base_env: Mapping[str, str]) -> str:
+    """One line for the user: how many processes, where, how many threads each, where the logs go."""
+    _, why = threads_per_process(opts, cpu_count, base_env)
+    threads = env["OMP_NUM_THREADS"]  # report what is actually set
+    if opts.device == "cpu":
+        where = "cpu (gloo)"
+    elif opts.devices is not None:
+        where = f"gpu {opts.devices}"
+    else:
+        where = opts.device if opts.device == "gpu" else "auto device (Paddle decides)"
+    nodes = f" x {opts.nnodes} nodes (this is node {opts.node_rank})" if opts.nnodes > 1 else ""
+    return (f"{opts.nproc_per_node} process(es){nodes} on {where}, {threads} thread(s) each"
+            f" ({why}), logs in {opts.log_dir}")
+
+
+def env_diff(base_env: Mapping[str, str], env: Mapping[str, str]) -> List[str]:
+    """``+ KEY=value`` for set or changed variables, ``- KEY`` for removed ones, sorted."""
+    lines = [f"+ {k}={v}" for k, v in sorted(env.items()) if base_env.get(k) != v]
+    lines += [f"- {k}" for k in sorted(base_env) if k not in env]
+    return lines
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity), for the caller to pass in."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,217 @@
+"""The launch command as data, plus the real failure and restart paths through Paddle's launcher."""
+import io
+import time
+
+import pytest
+
+import dynabert  # noqa: F401  (before anything that may import paddle)
+from dynabert.errors import UserError
+from launcher.cli import build_parser, main, pump_output, worker_command
+from launcher.launch_cmd import LaunchOptions, build_launch_command, env_diff
+
+PY = "/venv/bin/python"
+WORKER = ["-m", "launcher.worker", "--config", "c.yaml"]
+LAUNCH = [PY, "-m", "paddle.distributed.launch"]
+TAIL = [PY, "-m", "launcher.worker", "--config", "c.yaml"]
+# What a user's shell may carry in: stale per-worker variables from an enclosing job must not leak through.
+BASE_ENV = {"PATH": "/usr/bin", "HOME": "/home/u", "PADDLE_TRAINER_ID": "3", "PADDLE_MASTER": "1.2.3.4:1",
+            "MASTER_ADDR": "1.2.3.4", "PADDLE_NNODES": "4", "MKL_NUM_THREADS": "16"}
+
+
+def build(cpu_count=2, base_env=BASE_ENV, **kw):
+    kw.setdefault("log_dir", "out/logs")
+    return build_launch_command(LaunchOptions(**kw), WORKER, python=PY, base_env=base_env, cpu_count=cpu_count)
+
+
+def test_single_node_cpu_two_processes():
+    argv, env = build(nproc_per_node=2, device="cpu", base_env={**BASE_ENV, "CUDA_VISIBLE_DEVICES": "0"})
+    assert argv == LAUNCH + ["--nproc_per_node", "2", "--log_dir", "out/logs", "--job_id", "dynabert",
+                             "--max_restart", "0"] + TAIL
+    # 2 CPUs / 2 processes = 1 thread each, set for every threading library Paddle and numpy use.
+    assert [env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")] == ["1", "1", "1"]
+    assert env["PADDLE_DISTRI_BACKEND"] == "gloo"
+    assert "CUDA_VISIBLE_DEVICES" not in env  # its mere presence makes the launcher assume GPUs
+    assert env["PYTHONUNBUFFERED"] == "1"
+    for stale in ("PADDLE_TRAINER_ID", "PADDLE_MASTER", "MASTER_ADDR", "PADDLE_NNODES"):
+        assert stale not in env
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/u"
+
+
+def test_single_node_gpu_four_devices():
+    argv, env = build(nproc_per_node=4, devices="0,1,2,3", device="gpu", cpu_count=8,
+                      base_env={**BASE_ENV, "PADDLE_DISTRI_BACKEND": "gloo"})
+    assert argv == LAUNCH + ["--nproc_per_node", "4", "--devices", "0,1,2,3", "--log_dir", "out/logs",
+                             "--job_id", "dynabert", "--max_restart", "0"] + TAIL
+    assert "PADDLE_DISTRI_BACKEND" not in env  # a stale gloo would silently train on CPU; Paddle picks nccl
+    assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_multi_node_second_node():
+    argv, env = build(nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1, device="cpu")
+    assert argv == LAUNCH + ["--nproc_per_node", "2", "--nnodes", "2", "--rank", "1", "--master", "10.0.0.1:8090",
+                             "--log_dir", "out/logs", "--job_id", "dynabert", "--max_restart", "0"] + TAIL
+    assert "PADDLE_MASTER" not in env  # it would override --master
+    assert LaunchOptions(log_dir="l", nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1).global_rank(1) == 3
+
+
+def test_single_process_uses_all_cores_and_still_goes_through_the_launcher():
+    argv, env = build(cpu_count=2)
+    assert argv == LAUNCH + ["--nproc_per_node", "1", "--log_dir", "out/logs", "--job_id", "dynabert",
+                             "--max_restart", "0"] + TAIL
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"  # not the inherited 16
+    assert "PADDLE_DISTRI_BACKEND" not in env  # auto: the launcher itself picks gloo on a CPU build
+
+
+def test_explicit_omp_num_threads_wins_and_is_mirrored():
+    _, env = build(nproc_per_node=2, base_env={"OMP_NUM_THREADS": "3"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+
+
+def test_env_diff():
+    _, env = build(nproc_per_node=2, device="cpu")
+    diff = env_diff(BASE_ENV, env)
+    assert "+ OMP_NUM_THREADS=1" in diff and "+ MKL_NUM_THREADS=1" in diff and "- PADDLE_TRAINER_ID" in diff
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(nproc_per_node=0), "--nproc_per_node"),
+    (dict(nnodes=0), "--nnodes"),
+    (dict(nnodes=2), "--master"),
+    (dict(nnodes=2, master="10.0.0.1"), "--master"),
+    (dict(nnodes=2, master="10.0.0.1:port"), "--master"),
+    (dict(nnodes=2, master="10.0.0.1:70000"), "--master"),
+    (dict(nnodes=2, master="node0:8090"), "--master"),
+    (dict(nnodes=2, master="10.0.0.1:8090", node_rank=2), "--node_rank"),
+    (dict(node_rank=-1), "--node_rank"),
+    (dict(device="tpu"), "--device"),
+    (dict(device="gpu", nproc_per_node=4, devices="0,1"), "--devices"),
+    (dict(device="cpu", devices="0"), "--devices"),
+    (dict(device="gpu", nproc_per_node=2, devices="0,0"), "--devices"),
+    (dict(max_restarts=-1), "--max_restarts"),
+])
+def test_validation_names_the_flag(kw, flag):
+    with pytest.raises(UserError) as e:
+        LaunchOptions(log_dir="l", **kw)
+    assert str(e.value).startswith(flag)
+
+
+def test_visible_gpus_are_checked_against_cuda_visible_devices():
+    with pytest.raises(UserError, match=r"^--devices 0,1: 0 is not in CUDA_VISIBLE_DEVICES=2,3"):
+        build(nproc_per_node=2, devices="0,1", device="gpu", base_env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    with pytest.raises(UserError, match=r"^--nproc_per_node 4: only 2 GPU"):
+        build(nproc_per_node=4, device="gpu", base_env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    argv, _ = build(nproc_per_node=2, devices="2,3", device="gpu", base_env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert argv[argv.index("--devices") + 1] == "2,3"
+
+
+def test_worker_command_and_out_dir_override():
+    args = build_parser().parse_args(["--config", "c.yaml", "--set", "run.out_dir=x", "--set", "a.b=1",
+                                      "--out_dir", "runs/r1"])
+    assert worker_command(args, "auto") == ["-m", "launcher.worker", "--config", "c.yaml", "--set", "run.out_dir=x",
+                                            "--set", "a.b=1", "--set", "run.out_dir=runs/r1", "--resume", "auto"]
+    args = build_parser().parse_args(["--config", "c.yaml", "--worker", "/t/fake.py"])
+    assert worker_command(args, None) == ["/t/fake.py", "--config", "c.yaml"]
+
+
+def test_pump_output_finds_the_failed_rank_and_hides_the_env_dump():
+    launcher_output = io.StringIO(
+        "rank 0 says hi\n"
+        "LAUNCH ERROR 2026-01-01 00:00:00,000 Container failed !!!\n"
+        "Container rank 1 status failed cmd ['python', '-m', 'w'] code 3 log out/logs/workerlog.1 \n"
+        "env {'SECRET_TOKEN': 'xyz'}\n"
+        "LAUNCH INFO 2026-01-01 00:00:00,000 Exit code -15\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert pump_output(launcher_output, out, err) == (1, 3, "out/logs/workerlog.1")
+    assert "SECRET_TOKEN" not in out.getvalue() + err.getvalue()
+    assert out.getvalue().startswith("rank 0 says hi") and "Exit code" in err.getvalue()
+
+
+def test_dry_run_prints_command_and_env(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--out_dir", str(tmp_path / "o"),
+               "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "+ PADDLE_DISTRI_BACKEND=gloo" in out and "thread(s) each" in out
+    assert f"--log_dir {tmp_path / 'o' / 'logs'}" in out and "-m paddle.distributed.launch" in out
+
+
+def test_user_error_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --config {tmp_path / 'missing.yaml'}: file not found"
+
+
+# --- the real thing: python -m paddle.distributed.launch with a fake worker -----------------------------
+
+FAKE_WORKER = """\
+import os, sys, time
+rank = int(os.environ["PADDLE_TRAINER_ID"])
+marker = {marker!r}
+print(f"fake rank {{rank}} of {{os.environ['PADDLE_TRAINERS_NUM']}} argv {{sys.argv[1:]}}", flush=True)
+if rank == 0:
+    with open({record!r}, "a") as f:
+        f.write(" ".join(sys.argv[1:]) + "\\n")
+if {mode!r} == "always" or not os.path.exists(marker):
+    if rank == 1:
+        open(marker, "w").close()
+        time.sleep(0.5)
+        print("fake rank 1 fails now", flush=True)
+        sys.exit(3)
+    time.sleep(20)  # killed by the launcher when rank 1 fails
+"""
+
+
+def _fake_job(tmp_path, mode):
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER.format(marker=str(tmp_path / "failed-once"), record=str(tmp_path / "argv.txt"),
+                                         mode=mode))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    out_dir = tmp_path / "run"
+    return ["--config", str(cfg), "--worker", str(script), "--nproc_per_node", "2", "--device", "cpu",
+            "--out_dir", str(out_dir)], out_dir / "logs"
+
+
+@pytest.mark.dist
+def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
+    argv, log_dir = _fake_job(tmp_path, "always")
+    start = time.monotonic()
+    rc = main(argv)
+    elapsed = time.monotonic() - start
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert rc == 3, captured  # the failing rank's own code, not the launcher's 241 (= rank 0's SIGTERM)
+    assert last == f"error: rank 1 failed with exit code 3 (see {log_dir / 'workerlog.1'})"
+    assert "fake rank 0 of 2" in captured.out  # rank 0's output is forwarded
+    assert "fake rank 1 fails now" in (log_dir / "workerlog.1").read_text()
+    assert elapsed < 15  # rank 0 (sleeping 20 s) was killed, not waited for
+
+
+@pytest.mark.dist
+def test_restart_once_then_succeed_with_resume_auto(tmp_path, capsys):
+    argv, log_dir = _fake_job(tmp_path, "first-attempt-only")
+    rc = main(argv + ["--max_restarts", "1", "--resume", "ckpt/step-10"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured
+    assert f"restart 1/1 after rank 1 failed (see {log_dir / 'workerlog.1'})" in captured.err
+    attempts = (tmp_path / "argv.txt").read_text().splitlines()
+    assert len(attempts) == 2
+    assert attempts[0].endswith("--resume ckpt/step-10") and attempts[1].endswith("--resume auto")
+
+
+def test_a_worker_user_error_is_not_restarted(tmp_path, capsys, monkeypatch):
+    import launcher.cli as cli
+
+    calls = []
+
+    def fake_run_job(argv, env, out, err):
+        calls.append(argv)
+        return cli.JobResult(241, failed_rank=1, failed_code=2, failed_log="l/workerlog.1")
+
+    monkeypatch.setattr(cli, "run_job", fake_run_job)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--max_restarts", "3"])
+    assert rc == 2 and len(calls) == 1  # exit 2 is a UserError in the worker: a restart cannot fix the input
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: rank 1 failed with exit code 2 (see l/workerlog.1)"
