@@ -8,7 +8,6 @@ with dynamic batch size and sequence length.
 """
 import json
 import os
-import shutil
 from typing import Dict
 
 import numpy as np
@@ -16,6 +15,7 @@ import paddle
 from paddlenlp.transformers import BertConfig, BertForSequenceClassification
 
 from dynabert.compat import whole_heads
+from dynabert.io_utils import atomic_directory
 from dynabert.supernet import Supernet
 
 EXPORT_META = "dynabert_export.json"
@@ -75,26 +75,21 @@ class _InferenceBert(paddle.nn.Layer):
 
 def save_exported(model: BertForSequenceClassification, width: float, tokenizer, out_dir: str,
                   inference_model: bool = True) -> Dict[str, object]:
-    """Write into a temporary sibling directory, then rename: a crash never leaves half an export."""
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
-    model.config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    heads = model.bert.encoder.layers[0].self_attn.num_heads
-    meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model)}
-    with open(os.path.join(tmp, EXPORT_META), "w") as f:
-        json.dump(meta, f, indent=2)
-    if inference_model:
-        spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
-                paddle.static.InputSpec([None, None], "int64", "token_type_ids"),
-                paddle.static.InputSpec([None, None], "float32", "attention_mask")]
-        static = paddle.jit.to_static(_InferenceBert(model), input_spec=spec, full_graph=True)
-        paddle.jit.save(static, os.path.join(tmp, INFERENCE_PREFIX), input_spec=spec)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    """Write into a temporary sibling directory, then swap it in: a crash never leaves half an export."""
+    with atomic_directory(out_dir) as tmp:
+        paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        heads = model.bert.encoder.layers[0].self_attn.num_heads
+        meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model)}
+        with open(os.path.join(tmp, EXPORT_META), "w") as f:
+            json.dump(meta, f, indent=2)
+        if inference_model:
+            spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                    paddle.static.InputSpec([None, None], "int64", "token_type_ids"),
+                    paddle.static.InputSpec([None, None], "float32", "attention_mask")]
+            static = paddle.jit.to_static(_InferenceBert(model), input_spec=spec, full_graph=True)
+            paddle.jit.save(static, os.path.join(tmp, INFERENCE_PREFIX), input_spec=spec)
     return meta
 
 

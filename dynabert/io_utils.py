@@ -1,5 +1,7 @@
 """Writing files so that a crash never leaves a half-written one: temporary name, then rename."""
+import contextlib
 import os
+import shutil
 import tempfile
 
 
@@ -32,3 +34,33 @@ def atomic_paddle_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str):
+    """Yield a temporary sibling directory to fill; on success it replaces ``out_dir``.
+
+    rename() cannot replace a non-empty directory, so the old one is moved aside first and restored if
+    the swap fails. On any failure the temporary directory is removed and ``out_dir`` is as it was."""
+    out_dir = os.path.abspath(out_dir)
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a model directory is ordinarily shared
+        if not os.path.isdir(out_dir):
+            os.rename(tmp, out_dir)
+            return
+        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        aside = os.path.join(old, base)
+        os.rename(out_dir, aside)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            os.rename(aside, out_dir)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap

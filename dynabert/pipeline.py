@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 
 from dynabert import models
-from dynabert.batching import GlobalBatches, to_tensors, eval_batches
+from dynabert.batching import GlobalBatches, eval_batches, local_batch_size, to_tensors
 from dynabert.collectives import Collectives
 from dynabert.config import DEFAULT_MODEL, Config
 from dynabert.data import encode, get_task, load_split
@@ -69,6 +69,18 @@ def prepare_data(cfg: Config, tokenizer, log: RunLog) -> TaskData:
     pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
     return TaskData(spec.name, spec.is_regression, spec.num_classes, splits["train"], splits[dev_split],
                     tokenizer.pad_token_id, pad_to)
+
+
+def check_batch_sizes(cfg: Config, data: TaskData, world_size: int) -> None:
+    """Fail before any training if a stage's global batch cannot be split or filled."""
+    stages = {"finetune": cfg.finetune, "compress": cfg.compress.optim}
+    for name, optim in stages.items():
+        if name in cfg.run.stages and not (name == "finetune" and cfg.model.teacher):
+            key = f"{'compress.optim' if name == 'compress' else name}.batch_size"
+            local_batch_size(optim.batch_size, world_size, key)
+            if len(data.train) < optim.batch_size:
+                raise UserError(f"{key}: the training set has {len(data.train)} examples, fewer than one "
+                                f"global batch of {optim.batch_size}")
 
 
 def dev_metrics(model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:
@@ -252,6 +264,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict
     timings, results = {}, {"task": None, "world_size": comms.world_size}
     tokenizer = _tokenizer_of(cfg)
     data = prepare_data(cfg, tokenizer, log)
+    check_batch_sizes(cfg, data, comms.world_size)
     results["task"] = data.task
     metric = main_metric_name(data.task)
     teacher = teacher_metrics = None

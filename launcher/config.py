@@ -75,6 +75,12 @@ def _coerce(value: Any, tp, key: str) -> Any:
         (item_tp, _ellipsis) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads 3e-3 (no dot) as a string; every user writes learning rates that way.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -115,13 +121,20 @@ def _build(base, data: Mapping[str, Any], prefix: str = ""):
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
     """Defaults, then the YAML file, then each ``--set`` in order. Raises UserError naming the key."""
     data: Dict[str, Any] = _read_yaml(path) if path else {}
+    try:
+        cfg = _build(Config(), data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}")
+    overrides = list(overrides)
+    if not overrides:
+        return cfg
     for text in overrides:
         keys, value = parse_override(text)
         _merge(data, keys, value, ".".join(keys))
     try:
         return _build(Config(), data)
     except UserError as e:
-        raise UserError(f"{path}: {e}") if path else e
+        raise UserError(f"--set: {e}")
 
 
 def config_to_dict(cfg: Config) -> Dict[str, Any]:

@@ -1,13 +1,12 @@
 """Tests for dynabert.models: loading (PaddleNLP dir, Hugging Face dir, name), tiny_bert, save_model.
 
-The key test checks the converted MiniLM against a NumPy BERT written here from the Hugging Face
-definition, reading the safetensors file with HF names, so a conversion mistake (a missing
+The key test checks the converted MiniLM against a NumPy BERT (tests/reference_bert.py) written from the
+Hugging Face definition, reading the safetensors file with HF names, so a conversion mistake (a missing
 transpose, a wrong LayerNorm epsilon, a swapped name) cannot cancel out on both sides.
 """
 import collections
 import io
 import json
-import math
 import os
 import pickle
 import sys
@@ -23,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from dynabert import models
 from dynabert.errors import UserError
+from tests.reference_bert import numpy_bert
 
 SENTENCE = "the movie was surprisingly good ."
 # Looked up by hand in all-MiniLM-L6-v2's vocab.txt (id = line number - 1):
@@ -40,61 +40,8 @@ HF_TRANSFORMERS_CLS8 = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------
-# Independent NumPy reference of the Hugging Face BertModel forward (modeling_bert.py):
-#   embeddings = LayerNorm(word[ids] + position[0..T) + token_type[0]), eps from config.json
-#   per layer (post-LN): x = LN(x + Wo·Attn(x)); x = LN(x + W2·gelu(W1·x))
-#   attention: softmax(Q Kᵀ / sqrt(head_dim)) V per head, no mask (the input has no padding)
-#   gelu is the exact erf form; torch Linear weights are stored [out, in], so y = x Wᵀ + b
-#   pooler = tanh(W·h[CLS] + b)
-# All in float64 so the reference's own rounding is negligible.
-# --------------------------------------------------------------------------------------------------
-
-
-def numpy_bert(weights, config, ids):
-    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items() if k != "embeddings.position_ids"}
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim, eps = hidden // heads, config["layer_norm_eps"]
-
-    def layer_norm(x, name):
-        mean = x.mean(-1, keepdims=True)
-        var = ((x - mean) ** 2).mean(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + eps) * w[name + ".weight"] + w[name + ".bias"]
-
-    def linear(x, name):
-        return x @ w[name + ".weight"].T + w[name + ".bias"]
-
-    erf = np.vectorize(math.erf)  # exact erf from the standard library (no scipy dependency)
-
-    def gelu(x):
-        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
-
-    n = len(ids)
-    x = (
-        w["embeddings.word_embeddings.weight"][ids]
-        + w["embeddings.position_embeddings.weight"][:n]
-        + w["embeddings.token_type_embeddings.weight"][0]
-    )
-    x = layer_norm(x, "embeddings.LayerNorm")
-    for i in range(config["num_hidden_layers"]):
-        p = f"encoder.layer.{i}."
-
-        def split(t):
-            return t.reshape(n, heads, head_dim).transpose(1, 0, 2)  # [heads, n, head_dim]
-
-        q = split(linear(x, p + "attention.self.query"))
-        k = split(linear(x, p + "attention.self.key"))
-        v = split(linear(x, p + "attention.self.value"))
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(head_dim)
-        scores -= scores.max(-1, keepdims=True)
-        probs = np.exp(scores)
-        probs /= probs.sum(-1, keepdims=True)
-        context = (probs @ v).transpose(1, 0, 2).reshape(n, hidden)
-        x = layer_norm(linear(context, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
-        inner = gelu(linear(x, p + "intermediate.dense"))
-        x = layer_norm(linear(inner, p + "output.dense") + x, p + "output.LayerNorm")
-    pooled = np.tanh(linear(x[0], "pooler.dense"))
-    return x, pooled
+# The independent NumPy reference of the Hugging Face BertModel forward lives in tests/reference_bert.py
+# (shared with the supernet, importance and export tests); ``numpy_bert`` takes HF names and layout.
 
 
 def paddle_bert(model, ids):

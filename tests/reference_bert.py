@@ -1,0 +1,163 @@
+"""An independent NumPy reference of the BERT forward, shared by the tests.
+
+Written from the Hugging Face / PaddleNLP definitions, not from the code under test, all in float64 so
+the reference's own rounding is negligible:
+
+  embeddings = LayerNorm(word[ids] + position[0..T) + token_type[tt])
+  per layer (post-LN): x = LN(x + out_proj(Attn(x))); x = LN(x + linear2(gelu(linear1(x))))
+  attention:  softmax(Q Kᵀ / sqrt(head_dim) + (1 - mask) * -1e4) V per head (PaddleNLP's additive mask)
+  gelu:       the exact erf form
+  pooler:     tanh(dense(h[CLS])); logits = classifier(pooled)
+
+Weights are given in *Paddle* names and layout (``bert.encoder.layers.0.self_attn.q_proj.weight``, Linear
+weights stored [in, out], so y = x W + b). ``numpy_bert`` is a thin wrapper taking Hugging Face names
+(Linear weights [out, in]) with a name table written out here by hand, so a conversion mistake in the
+code under test cannot cancel out on both sides.
+
+A width sub-model (``heads_kept``, ``ffn_kept``) keeps the FIRST ``heads_kept`` heads of every layer
+(q/k/v output columns and out_proj input rows [0:heads_kept*head_dim]) and the first ``ffn_kept`` FFN
+neurons (linear1 output columns and bias, linear2 input rows); head_dim stays hidden / num_heads.
+``head_mask`` [layers, heads] multiplies each head's attention probabilities (DynaBERT's importance mask).
+"""
+import math
+
+import numpy as np
+
+_erf = np.vectorize(math.erf)  # exact erf from the standard library (no scipy dependency)
+
+
+def _cfg(config, key):
+    return config[key] if isinstance(config, dict) else getattr(config, key)
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attention_mask=None,
+                       heads_kept=None, ffn_kept=None, head_mask=None):
+    """Returns a dict: ``hidden_states`` (embedding output and every block's output, each [B, T, H]),
+    ``sequence`` [B, T, H], ``pooled`` [B, H] and, when the weights hold a classifier, ``logits`` [B, C]."""
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    hidden, heads = _cfg(config, "hidden_size"), _cfg(config, "num_attention_heads")
+    layers, eps = _cfg(config, "num_hidden_layers"), _cfg(config, "layer_norm_eps")
+    head_dim = hidden // heads
+    hk = heads if heads_kept is None else int(heads_kept)
+    inner = hk * head_dim
+
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    b, t = ids.shape
+    tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64).reshape(b, t)
+    mask = np.ones((b, t)) if attention_mask is None else np.asarray(attention_mask, dtype=np.float64).reshape(b, t)
+    additive = ((1.0 - mask) * -1e4)[:, None, None, :]  # [B, 1, 1, T]
+    hm = None if head_mask is None else np.asarray(head_mask, dtype=np.float64)
+
+    def layer_norm(x, name):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * w[name + ".weight"] + w[name + ".bias"]
+
+    def linear(x, name, cols=None, rows=None):
+        weight, bias = w[name + ".weight"], w[name + ".bias"]
+        if cols is not None:
+            weight, bias = weight[:, :cols], bias[:cols]
+        if rows is not None:
+            weight = weight[:rows, :]
+        return x @ weight + bias
+
+    x = (w["bert.embeddings.word_embeddings.weight"][ids]
+         + w["bert.embeddings.position_embeddings.weight"][np.arange(t)][None]
+         + w["bert.embeddings.token_type_embeddings.weight"][tt])
+    x = layer_norm(x, "bert.embeddings.layer_norm")
+    states = [x]
+    for i in range(layers):
+        p = f"bert.encoder.layers.{i}."
+
+        def split(y):
+            return y.reshape(b, t, hk, head_dim).transpose(0, 2, 1, 3)  # [B, heads, T, head_dim]
+
+        q = split(linear(x, p + "self_attn.q_proj", cols=inner))
+        k = split(linear(x, p + "self_attn.k_proj", cols=inner))
+        v = split(linear(x, p + "self_attn.v_proj", cols=inner))
+        probs = softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + additive)
+        if hm is not None:
+            probs = probs * hm[i, :hk][None, :, None, None]
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, inner)
+        x = layer_norm(linear(context, p + "self_attn.out_proj", rows=inner) + x, p + "norm1")
+        act = gelu(linear(x, p + "linear1", cols=ffn_kept))
+        x = layer_norm(linear(act, p + "linear2", rows=ffn_kept) + x, p + "norm2")
+        states.append(x)
+    pooled = np.tanh(linear(x[:, 0], "bert.pooler.dense"))
+    out = {"hidden_states": states, "sequence": x, "pooled": pooled}
+    if "classifier.weight" in w:
+        out["logits"] = linear(pooled, "classifier")
+    return out
+
+
+def numpy_bert_logits(weights, config, input_ids, token_type_ids=None, attention_mask=None,
+                      heads_kept=None, ffn_kept=None, head_mask=None):
+    """BertForSequenceClassification logits [B, C] in float64 (see the module docstring)."""
+    return numpy_bert_forward(weights, config, input_ids, token_type_ids, attention_mask,
+                              heads_kept=heads_kept, ffn_kept=ffn_kept, head_mask=head_mask)["logits"]
+
+
+def cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[label] (paddle.nn.functional.cross_entropy's default)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), np.asarray(labels)].mean())
+
+
+def model_weights(model):
+    """A Paddle model's parameters as float64 NumPy arrays by name ('.fn.' of super layers dropped)."""
+    return {name.replace(".fn.", "."): t.numpy().astype(np.float64) for name, t in model.state_dict().items()}
+
+
+# Hugging Face BertModel name -> Paddle BertForSequenceClassification name, and whether it is a Linear
+# weight ([out, in] in HF, [in, out] in Paddle).
+_HF_EMBEDDINGS = {
+    "embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "bert.embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "bert.embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight": "bert.embeddings.layer_norm.weight",
+    "embeddings.LayerNorm.bias": "bert.embeddings.layer_norm.bias",
+}
+_HF_LAYER = {
+    "attention.self.query": ("self_attn.q_proj", True),
+    "attention.self.key": ("self_attn.k_proj", True),
+    "attention.self.value": ("self_attn.v_proj", True),
+    "attention.output.dense": ("self_attn.out_proj", True),
+    "attention.output.LayerNorm": ("norm1", False),
+    "intermediate.dense": ("linear1", True),
+    "output.dense": ("linear2", True),
+    "output.LayerNorm": ("norm2", False),
+}
+
+
+def hf_to_paddle_weights(hf_weights, config):
+    out = {dst: np.asarray(hf_weights[src], dtype=np.float64) for src, dst in _HF_EMBEDDINGS.items()}
+    for i in range(_cfg(config, "num_hidden_layers")):
+        for src, (dst, is_linear) in _HF_LAYER.items():
+            weight = np.asarray(hf_weights[f"encoder.layer.{i}.{src}.weight"], dtype=np.float64)
+            out[f"bert.encoder.layers.{i}.{dst}.weight"] = weight.T if is_linear else weight
+            out[f"bert.encoder.layers.{i}.{dst}.bias"] = np.asarray(hf_weights[f"encoder.layer.{i}.{src}.bias"],
+                                                                   dtype=np.float64)
+    out["bert.pooler.dense.weight"] = np.asarray(hf_weights["pooler.dense.weight"], dtype=np.float64).T
+    out["bert.pooler.dense.bias"] = np.asarray(hf_weights["pooler.dense.bias"], dtype=np.float64)
+    return out
+
+
+def numpy_bert(hf_weights, config, ids):
+    """Sequence output [n, hidden] and pooled output [hidden] for one unpadded sentence (token type 0),
+    from a Hugging Face BertModel checkpoint (HF names, [out, in] Linear weights)."""
+    out = numpy_bert_forward(hf_to_paddle_weights(hf_weights, config), config, [list(ids)])
+    return out["sequence"][0], out["pooled"][0]
