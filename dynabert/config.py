@@ -81,6 +81,14 @@ class RunConfig:
     eval_batch_size: int = 64
     # Show tqdm progress bars (rank 0 only).
     progress: bool = True
+    # Checkpoints (rank 0 writes; `--resume auto` continues from the newest complete one). 0 disables
+    # that trigger; both 0 disables checkpoints.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 30.0
+    keep_checkpoints: int = 2
+    # A non-finite loss or gradient (seen identically by every rank after the all-reduce): "stop" with
+    # exit code 3, or "skip" the update and go on.
+    on_nonfinite: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -146,3 +154,14 @@ def validate(cfg: "Config") -> None:
         _check(s in STAGES, "run.stages", f"unknown stage {s!r}; known: {', '.join(STAGES)}")
     _check(cfg.run.log_every >= 1, "run.log_every", "must be >= 1")
     _check(cfg.run.eval_batch_size >= 1, "run.eval_batch_size", "must be >= 1")
+    _check(cfg.run.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", "must be >= 0")
+    _check(cfg.run.checkpoint_every_minutes >= 0, "run.checkpoint_every_minutes", "must be >= 0")
+    _check(cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+    _check(cfg.run.on_nonfinite in ("stop", "skip"), "run.on_nonfinite",
+           f"must be 'stop' or 'skip', got {cfg.run.on_nonfinite!r}")
+
+
+def model_fingerprint(cfg: "Config") -> dict:
+    """The settings that shape the model: a checkpoint made under other values cannot be resumed."""
+    return {"model.name_or_path": cfg.model.name_or_path, "model.teacher": cfg.model.teacher,
+            "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths)}

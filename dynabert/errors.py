@@ -13,3 +13,9 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient with run.on_nonfinite=stop; exit status 3."""
+
+    exit_code = 3

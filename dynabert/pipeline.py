@@ -6,8 +6,10 @@ distillation, per-width evaluation), export (standalone smaller models). Paths o
     export/width_W/        standalone model + inference/ Paddle inference model
     results.json, results.md                          the per-width table
 """
+import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -17,10 +19,11 @@ import paddle
 
 from dynabert import models
 from dynabert.batching import GlobalBatches, eval_batches, local_batch_size, to_tensors
+from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, verify
 from dynabert.collectives import Collectives
-from dynabert.config import DEFAULT_MODEL, Config
+from dynabert.config import DEFAULT_MODEL, Config, model_fingerprint
 from dynabert.data import encode, get_task, load_split
-from dynabert.errors import UserError
+from dynabert.errors import TrainingDiverged, UserError
 from dynabert.evaluation import evaluate
 from dynabert.export import extract_submodel, load_exported, parameter_count, save_exported
 from dynabert.importance import compute_importance
@@ -30,7 +33,7 @@ from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.run_log import RunLog, results_markdown, write_results
 from dynabert.supernet import Supernet, check_widths
 from dynabert.train_step import HiddenStates, finetune_step, forward, supernet_step, task_loss
-from dynabert.trainer import global_throughput, losses_to_floats, train
+from dynabert.trainer import Resume, global_throughput, losses_to_floats, train
 
 
 @dataclass
@@ -95,15 +98,23 @@ def _named_params(layer) -> list:
 # --------------------------------------------------------------------------------------------------
 # Stage 1: fine-tune the teacher
 # --------------------------------------------------------------------------------------------------
-def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: RunLog):
-    """Returns the best teacher (by dev metric) and its metrics; rank 0 saves it to <out>/teacher."""
+def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: RunLog,
+             resume: Optional[str] = None):
+    """Returns the best teacher (by dev metric) and its metrics; rank 0 keeps it in <out>/teacher."""
     metric = main_metric_name(data.task)
+    teacher_dir = os.path.join(cfg.run.out_dir, "teacher")
+    done = stage_done(cfg, "finetune") if resume else None
+    if done is not None:
+        log.info(f"finetune: already complete in {cfg.run.out_dir}; loading {teacher_dir}")
+        return models.load_model(teacher_dir, data.num_classes, cfg.model.dropout), done["metrics"]
+    checkpoint = resume_point(cfg, "finetune", resume, comms, log)
     seed_everything(cfg.run.seed)
     model = models.load_model(model_source(cfg.model.name_or_path), data.num_classes, cfg.model.dropout,
                               seed=cfg.run.seed)
     comms.broadcast_parameters(model.parameters())  # one initial classifier for every rank
-    paddle.seed(cfg.run.seed + 1 + comms.rank)  # dropout differs per rank, as it would on one big batch
-    best = {"metrics": None, "state": None}
+    best = checkpoint.extra["best"] if checkpoint else {"metrics": None}
+    if checkpoint:
+        model.set_state_dict(checkpoint.model_state())
 
     def on_eval(step: int) -> None:
         model.eval()
@@ -111,23 +122,26 @@ def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: Ru
         model.train()
         log.record("finetune_eval", step, result)
         log.info(f"finetune eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        if best["metrics"] is None or result[metric] > best["metrics"][metric]:
-            best["metrics"] = result
-            best["state"] = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+        if improves(result, best["metrics"], metric) and is_finite(model):
+            best["metrics"] = {**result, "step": step}
+            if comms.is_main:
+                models.save_model(model, tokenizer, teacher_dir)
 
     batches = GlobalBatches(data.train, cfg.finetune.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="finetune.batch_size")
     model.train()
     outcome = train(lambda b: losses_to_floats(finetune_step(model, b, data.regression)), _named_params(model),
-                    cfg.finetune, batches, comms, log, on_eval, "finetune", cfg.run.log_every,
-                    cfg.run.progress)
-    model.set_state_dict(best["state"])
-    model.eval()
-    if comms.is_main:
-        models.save_model(model, tokenizer, os.path.join(cfg.run.out_dir, "teacher"))
-    comms.barrier()
-    log.info(f"finetune: best dev {metric} {best['metrics'][metric]:.4f}; throughput "
-             f"{global_throughput(outcome.throughput, comms)['samples_per_s']:.1f} samples/s")
+                    cfg.finetune, batches, comms, log, on_eval, "finetune", cfg.run.seed, cfg.run.log_every,
+                    cfg.run.progress, cfg.run.on_nonfinite, checkpointer(cfg, "finetune", comms),
+                    lambda: {"best": best}, resume_from(checkpoint))
+    if best["metrics"] is None:
+        raise TrainingDiverged("finetune: no finite model to keep (every evaluation was non-finite)")
+    comms.barrier()  # rank 0 has written the best teacher
+    model = models.load_model(teacher_dir, data.num_classes, cfg.model.dropout)
+    speed = global_throughput(outcome.throughput, comms)
+    mark_done(cfg, "finetune", {"metrics": best["metrics"], "throughput": speed}, comms)
+    log.info(f"finetune: best dev {metric} {best['metrics'][metric]:.4f}; {speed['samples_per_s']:.1f} "
+             "samples/s (global)")
     return model, best["metrics"]
 
 
@@ -146,10 +160,16 @@ def load_teacher(cfg: Config, data: TaskData, comms: Collectives, log: RunLog):
 # --------------------------------------------------------------------------------------------------
 # Stage 2: importance, reorder, supernet distillation
 # --------------------------------------------------------------------------------------------------
-def importance_and_reorder(teacher, data: TaskData, cfg: Config, comms: Collectives, log: RunLog) -> None:
+def importance_and_reorder(teacher, data: TaskData, cfg: Config, comms: Collectives, log: RunLog,
+                           saved: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
     """Rank 0 computes importance over the whole dev set and reorders; every rank then receives rank 0's
-    weights, so all ranks hold bit-identical parameters (upstream computes it per shard: defect 8)."""
-    if comms.is_main:
+    weights, so all ranks hold bit-identical parameters (upstream computes it per shard: defect 8).
+    ``saved`` (from a checkpoint) skips the computation. Returns rank 0's scores (empty elsewhere)."""
+    scores: Dict[str, np.ndarray] = {}
+    if comms.is_main and saved:
+        scores = saved
+        reorder_heads_and_neurons(teacher, scores["head_importance"], scores["neuron_importance"])
+    elif comms.is_main:
         start = time.perf_counter()
         batches = (to_tensors(b) for _, b in
                    eval_batches(data.dev, cfg.run.eval_batch_size, 0, 1, data.pad_token_id))
@@ -158,21 +178,30 @@ def importance_and_reorder(teacher, data: TaskData, cfg: Config, comms: Collecti
         heads, neurons = compute_importance(teacher, batches,
                                             lambda logits, y: task_loss(logits, y, data.regression))
         reorder_heads_and_neurons(teacher, heads, neurons)
+        scores = {"head_importance": heads, "neuron_importance": neurons}
         log.info(f"importance over {len(data.dev)} dev examples took {time.perf_counter() - start:.1f}s")
     comms.broadcast_parameters(teacher.parameters(), src=0)
+    return scores
 
 
-def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunLog) -> Dict[float, dict]:
+def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunLog,
+             resume: Optional[str] = None) -> Dict[float, dict]:
     """Returns {width: best dev metrics}; rank 0 keeps the best sub-model of each width on disk."""
     ccfg = cfg.compress
     metric = main_metric_name(data.task)
+    done = stage_done(cfg, "compress") if resume else None
+    if done is not None:
+        log.info(f"compress: already complete in {cfg.run.out_dir}")
+        return {float(w): m for w, m in done["best"].items()}
     check_widths(teacher, ccfg.widths)
+    checkpoint = resume_point(cfg, "compress", resume, comms, log)
     seed_everything(cfg.run.seed)
-    importance_and_reorder(teacher, data, cfg, comms, log)
+    scores = importance_and_reorder(teacher, data, cfg, comms, log, checkpoint.arrays() if checkpoint else None)
     supernet = Supernet(teacher, ccfg.widths)
-    paddle.seed(cfg.run.seed + 1 + comms.rank)
+    if checkpoint:
+        supernet.set_state_dict(checkpoint.model_state())
     student_states, teacher_states = HiddenStates(supernet.model), HiddenStates(teacher)
-    best: Dict[float, dict] = {}
+    best: Dict[str, dict] = dict(checkpoint.extra["best"]) if checkpoint else {}
     best_root = os.path.join(cfg.run.out_dir, "compress", "best")
 
     def on_eval(step: int) -> None:
@@ -184,8 +213,9 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
             log.record(f"compress_eval/w{width:g}", step, result)
             log.info(f"compress eval step {step} width {width:g}: "
                      + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
-            if width not in best or result[metric] > best[width][metric]:
-                best[width] = {**result, "step": step}
+            key = f"{width:g}"
+            if improves(result, best.get(key), metric) and is_finite(supernet.model):
+                best[key] = {**result, "step": step}
                 if comms.is_main:
                     save_exported(extract_submodel(supernet, width), width, _tokenizer_of(cfg),
                                   width_dir(best_root, width), inference_model=False)
@@ -198,17 +228,87 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
 
     batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="compress.optim.batch_size")
+    saver = checkpointer(cfg, "compress", comms)
+    saver.arrays = scores
     supernet.train()
     outcome = train(step_fn, _named_params(supernet.model), ccfg.optim, batches, comms, log, on_eval,
-                    "compress", cfg.run.log_every, cfg.run.progress)
+                    "compress", cfg.run.seed, cfg.run.log_every, cfg.run.progress, cfg.run.on_nonfinite,
+                    saver, lambda: {"best": best}, resume_from(checkpoint))
     student_states.remove()
     teacher_states.remove()
     if comms.is_main:
         atomic_paddle_save(supernet.state_dict(), os.path.join(cfg.run.out_dir, "compress", "supernet.pdparams"))
-    comms.barrier()
     speed = global_throughput(outcome.throughput, comms)
+    mark_done(cfg, "compress", {"best": best, "throughput": speed}, comms)
     log.info(f"compress: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
-    return best
+    return {float(w): m for w, m in best.items()}
+
+
+def improves(result: Dict[str, float], best: Optional[dict], metric: str) -> bool:
+    value = result[metric]
+    return bool(np.isfinite(value)) and (best is None or value > best[metric])
+
+
+def is_finite(model) -> bool:
+    """A model with a NaN or Inf weight is never kept as best."""
+    return all(bool(paddle.isfinite(p).all()) for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# --------------------------------------------------------------------------------------------------
+def _stage_root(cfg: Config, stage: str) -> str:
+    return os.path.join(cfg.run.out_dir, "checkpoints", stage)
+
+
+def checkpointer(cfg: Config, stage: str, comms: Collectives) -> Checkpointer:
+    return Checkpointer(_stage_root(cfg, stage), cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes,
+                        cfg.run.keep_checkpoints, comms.is_main, {**model_fingerprint(cfg), "stage": stage})
+
+
+def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collectives,
+                 log: RunLog) -> Optional[Checkpoint]:
+    """The checkpoint this stage continues from, or None for a fresh start (which clears old ones)."""
+    root = _stage_root(cfg, stage)
+    checkpoint = None
+    if resume == "auto":
+        checkpoint = latest_checkpoint(root, log.info)
+    elif resume:
+        if os.path.basename(os.path.dirname(os.path.abspath(resume))) != stage:
+            return resume_point(cfg, stage, None, comms, log)  # an explicit checkpoint of another stage
+        problem = verify(resume)
+        if problem:
+            raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
+        checkpoint = latest_checkpoint(os.path.dirname(os.path.abspath(resume)), log.info)
+        checkpoint = checkpoint if checkpoint and checkpoint.path == os.path.abspath(resume) else None
+        if checkpoint is None:
+            raise UserError(f"--resume {resume}: only the newest complete checkpoint can be resumed")
+    if checkpoint is not None:
+        check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
+        log.info(f"{stage}: resuming from {checkpoint.path}")
+        return checkpoint
+    if comms.is_main and os.path.isdir(root):
+        shutil.rmtree(root)  # a fresh start: old checkpoints of this run directory must not be resumed later
+    comms.barrier()
+    return None
+
+
+def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
+    return Resume(checkpoint.position, checkpoint.optimizer_state()) if checkpoint else None
+
+
+def stage_done(cfg: Config, stage: str) -> Optional[dict]:
+    path = os.path.join(_stage_root(cfg, stage), "DONE.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mark_done(cfg: Config, stage: str, info: dict, comms: Collectives) -> None:
+    if comms.is_main:
+        atomic_write_text(os.path.join(_stage_root(cfg, stage), "DONE.json"), json.dumps(info, indent=2))
+    comms.barrier()
 
 
 _TOKENIZERS = {}
@@ -250,15 +350,17 @@ def export(cfg: Config, data: TaskData, comms: Collectives, log: RunLog) -> List
 # --------------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------------
-def run(cfg: Config, comms: Collectives, config_text: str = "") -> dict:
+def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional[str] = None) -> dict:
+    """``resume``: None (fresh), "auto" (newest complete checkpoint of each stage, completed stages are
+    skipped) or a checkpoint directory."""
     log = RunLog(cfg.run.out_dir, enabled=comms.is_main, rank=comms.rank)
     try:
-        return _run(cfg, comms, log, config_text)
+        return _run(cfg, comms, log, config_text, resume)
     finally:
         log.close()
 
 
-def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict:
+def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume: Optional[str]) -> dict:
     if comms.is_main and config_text:
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
     timings, results = {}, {"task": None, "world_size": comms.world_size}
@@ -271,13 +373,14 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str) -> dict
 
     start = time.perf_counter()
     if "finetune" in cfg.run.stages and not cfg.model.teacher:
-        teacher, teacher_metrics = finetune(cfg, data, tokenizer, comms, log)
+        teacher, teacher_metrics = finetune(cfg, data, tokenizer, comms, log, resume)
         timings["finetune"] = time.perf_counter() - start
     if "compress" in cfg.run.stages:
         if teacher is None:
             teacher, teacher_metrics = load_teacher(cfg, data, comms, log)
         start = time.perf_counter()
-        results["compress_best"] = {f"{w:g}": m for w, m in compress(cfg, data, teacher, comms, log).items()}
+        best = compress(cfg, data, teacher, comms, log, resume)
+        results["compress_best"] = {f"{w:g}": m for w, m in best.items()}
         timings["compress"] = time.perf_counter() - start
     if "export" in cfg.run.stages:
         start = time.perf_counter()

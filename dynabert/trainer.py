@@ -6,15 +6,17 @@ clip, AdamW step, learning-rate step. Evaluation at the configured interval.
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 from paddlenlp.transformers import LinearDecayWithWarmup
 
 from dynabert.batching import GlobalBatches, to_tensors
+from dynabert.checkpoint import Checkpointer, Position
 from dynabert.collectives import Collectives
 from dynabert.config import OptimConfig
+from dynabert.errors import TrainingDiverged
 from dynabert.run_log import RunLog, progress
 
 _NO_DECAY = ("bias", "norm")  # biases and LayerNorm parameters take no weight decay, as in BERT
@@ -52,59 +54,110 @@ class TrainResult:
     steps: int
     losses: List[Dict[str, float]] = field(default_factory=list)  # global means, on logging steps
     throughput: Throughput = field(default_factory=Throughput)
+    skipped_steps: int = 0
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The dropout seed of one step on one rank: a resumed run draws exactly the masks it would have."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def gradients_finite(params: Sequence[paddle.Tensor]) -> bool:
+    """After the all-reduce every rank holds the same gradients, so every rank reaches the same verdict
+    without another collective (a NaN on one rank is a NaN everywhere)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(paddle.stack([paddle.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
+@dataclass
+class Resume:
+    """Where a checkpoint left off; the model weights are restored by the caller."""
+    position: Position
+    optimizer_state: dict
 
 
 def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
           named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, batches: GlobalBatches,
-          comms: Collectives, log: RunLog, evaluate: Callable[[int], None], tag: str,
-          log_every: int = 10, show_progress: bool = True) -> TrainResult:
+          comms: Collectives, log: RunLog, evaluate: Callable[[int], None], tag: str, seed: int,
+          log_every: int = 10, show_progress: bool = True, on_nonfinite: str = "stop",
+          checkpointer: Optional[Checkpointer] = None, checkpoint_state: Callable[[], dict] = dict,
+          resume: Optional[Resume] = None) -> TrainResult:
     """``step_fn(batch)`` runs forward and backward and returns its loss values as floats;
-    ``evaluate(step)`` is called at the configured interval and at the end."""
+    ``evaluate(step)`` is called at the configured interval and at the end; ``checkpoint_state()``
+    returns the stage's own state (best-so-far) to store with each checkpoint."""
     steps = total_steps(optim, len(batches))
     optimizer, schedule = make_optimizer(named_params, optim, steps)
     params = [p for _, p in named_params]
+    pos = Position()
+    if resume is not None:
+        optimizer.set_state_dict(resume.optimizer_state)  # moments and the learning-rate schedule
+        pos = Position(**vars(resume.position))
+        log.info(f"{tag}: resuming at step {pos.step} (epoch {pos.epoch}, batch {pos.step_in_epoch})")
     result = TrainResult(steps=steps)
-    bar = progress(range(steps), show_progress and comms.is_main, desc=tag)
+    bar = progress(range(pos.step, steps), show_progress and comms.is_main, desc=tag)
     bar_iter = iter(bar)
-    step, epoch, last_eval = 0, 0, -1
+    last_eval = pos.step if resume is not None else -1
     log.info(f"{tag}: {steps} steps, {len(batches)} per epoch, global batch {batches.global_batch} "
              f"({batches.local_batch} per rank x {comms.world_size})")
-    while step < steps:
-        for batch in batches.epoch(epoch):
+    while pos.step < steps:
+        for batch in batches.epoch(pos.epoch, start_step=pos.step_in_epoch):
             start = time.perf_counter()
+            paddle.seed(step_seed(seed, comms.rank, pos.step))
             losses = step_fn(to_tensors(batch))        # forward + backward of every width
             comms.all_reduce_gradients(params)         # the only gradient communication of the step
-            optimizer.step()                           # (gradient clipping happens inside)
+            if gradients_finite(params):
+                optimizer.step()                       # (gradient clipping happens inside)
+            elif on_nonfinite == "stop":
+                raise TrainingDiverged(f"{tag}: non-finite loss or gradient at step {pos.step + 1}; nothing "
+                                       "was saved from it (set run.on_nonfinite=skip to skip such steps)")
+            else:
+                log.info(f"{tag}: non-finite gradient at step {pos.step + 1}; update skipped")
+                result.skipped_steps += 1
             schedule.step()
             optimizer.clear_grad()
             elapsed = time.perf_counter() - start
-            step += 1
+            pos.step += 1
+            pos.step_in_epoch += 1
             next(bar_iter, None)
 
             tokens = int(batch["attention_mask"].sum())
             result.throughput.samples += len(batch["labels"])
             result.throughput.tokens += tokens
             result.throughput.seconds += elapsed
-            if step % log_every == 0 or step == steps:
+            if pos.step % log_every == 0 or pos.step == steps:
                 losses = mean_over_ranks(losses, comms)  # what the global batch saw, as one process would
-                result.losses.append({"step": step, **losses})
+                result.losses.append({"step": pos.step, **losses})
                 lr = optimizer.get_lr()
-                log.record(tag, step, {**losses, "lr": lr, "step_seconds": elapsed})
-                log.info(f"{tag} step {step}/{steps} epoch {epoch} lr {lr:.2e} "
+                log.record(tag, pos.step, {**losses, "lr": lr, "step_seconds": elapsed})
+                log.info(f"{tag} step {pos.step}/{steps} epoch {pos.epoch} lr {lr:.2e} "
                          + " ".join(f"{k} {v:.4f}" for k, v in sorted(losses.items()))
                          + f" | {len(batch['labels']) / elapsed:.1f} samples/s {tokens / elapsed:.0f} tokens/s")
-            if optim.eval_every and step % optim.eval_every == 0:
-                evaluate(step)
-                last_eval = step
-            if step >= steps:
+            if optim.eval_every and pos.step % optim.eval_every == 0:
+                evaluate(pos.step)
+                last_eval = pos.step
+            if checkpointer is not None and checkpointer.enabled and pos.step < steps \
+                    and checkpointer.due(pos.step):
+                saved = checkpointer.save(pos, _model_state(named_params), optimizer.state_dict(),
+                                          checkpoint_state())
+                if saved:
+                    log.info(f"{tag}: checkpoint {saved}")
+            if pos.step >= steps:
                 break
-        epoch += 1
-        if last_eval != step and (not optim.eval_every or step >= steps):
-            evaluate(step)
-            last_eval = step
+        else:  # the epoch ran out (not the step budget): the next one starts from its first batch
+            pos.epoch += 1
+            pos.step_in_epoch = 0
+            if last_eval != pos.step and not optim.eval_every:
+                evaluate(pos.step)
+                last_eval = pos.step
+    if last_eval != pos.step:
+        evaluate(pos.step)
     if hasattr(bar, "close"):
         bar.close()
     return result
+
+
+def _model_state(named_params) -> Dict[str, np.ndarray]:
+    return {name: p.numpy() for name, p in named_params}
 
 
 def mean_over_ranks(values: Dict[str, float], comms: Collectives) -> Dict[str, float]:

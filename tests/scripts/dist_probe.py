@@ -81,7 +81,7 @@ def main():
     calls_before = dict(CALLS)
     supernet.train()
     outcome = train(step_fn, list(supernet.model.named_parameters()), cfg.compress.optim, batches, comms, log,
-                    lambda step: None, "compress", log_every=1, show_progress=False)
+                    lambda step: None, "compress", cfg.run.seed, log_every=1, show_progress=False)
     report["steps"] = outcome.steps
     report["all_reduce_calls"] = CALLS["all_reduce"] - calls_before["all_reduce"]
     report["all_reduce_bytes"] = CALLS["all_reduce_bytes"] - calls_before["all_reduce_bytes"]

@@ -1,0 +1,166 @@
+"""Periodic checkpoints that a crash can never leave half-written, and finding the newest good one.
+
+A checkpoint is a directory ``<root>/step_<N>/`` holding the model, the optimizer (with its learning-rate
+schedule), ``state.json`` (position in the data, best-so-far, the config fingerprint) and any arrays the
+stage needs (the importance scores). It is written by rank 0 into a temporary directory, then
+``manifest.json`` with every file's size and SHA-256 is written last, then the directory is renamed into
+place. A directory without a manifest, or whose files do not match it, is not a checkpoint.
+
+There is no RNG state to save: the dropout generator is re-seeded every step from (seed, rank, step)
+(see trainer.step_seed) and the data order is a function of (seed, epoch), so position alone restores
+the random streams exactly.
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from dynabert.errors import UserError
+from dynabert.io_utils import atomic_directory
+
+MANIFEST = "manifest.json"
+STATE = "state.json"
+MODEL = "model.pdparams"
+OPTIMIZER = "optimizer.pdopt"
+ARRAYS = "arrays.npz"
+
+
+@dataclass
+class Position:
+    step: int = 0           # optimizer steps completed
+    epoch: int = 0          # epoch of the next batch
+    step_in_epoch: int = 0  # batches of that epoch already consumed
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    position: Position
+    extra: dict             # stage state: best-so-far and the like
+    fingerprint: dict
+
+    def model_state(self) -> dict:
+        return paddle.load(os.path.join(self.path, MODEL))
+
+    def optimizer_state(self) -> dict:
+        return paddle.load(os.path.join(self.path, OPTIMIZER))
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        path = os.path.join(self.path, ARRAYS)
+        if not os.path.exists(path):
+            return {}
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: str) -> Optional[str]:
+    """None if ``path`` is a complete checkpoint, else why not."""
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest):
+        return "no manifest (incomplete write)"
+    try:
+        with open(manifest) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"unreadable manifest ({e})"
+    for name, meta in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != meta["bytes"] or _sha256(file) != meta["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def checkpoint_bytes_estimate(num_params: int) -> int:
+    """Model + two Adam moments in fp32, plus slack for the temporary copy written before the swap."""
+    return int(num_params * 4 * 3 * 1.2)
+
+
+class Checkpointer:
+    """Decides when to save (every N steps and/or M minutes), saves on the main rank, keeps the last K."""
+
+    def __init__(self, root: str, every_steps: int, every_minutes: float, keep: int, is_main: bool,
+                 fingerprint: dict):
+        self.root, self.every_steps, self.every_minutes = root, every_steps, every_minutes
+        self.keep, self.is_main, self.fingerprint = keep, is_main, fingerprint
+        self.arrays: Dict[str, np.ndarray] = {}  # stage data saved with every checkpoint (importance)
+        self._last_time = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_steps > 0 or self.every_minutes > 0
+
+    def due(self, step: int) -> bool:
+        """Only rank 0 writes and nothing collective happens in ``save``, so ranks need not agree."""
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and time.monotonic() - self._last_time >= 60 * self.every_minutes
+
+    def save(self, position: Position, model_state: dict, optimizer_state: dict, extra: dict) -> Optional[str]:
+        self._last_time = time.monotonic()
+        if not self.is_main:
+            return None
+        final = os.path.join(self.root, f"step_{position.step:08d}")
+        with atomic_directory(final) as tmp:
+            paddle.save(model_state, os.path.join(tmp, MODEL))
+            paddle.save(optimizer_state, os.path.join(tmp, OPTIMIZER))
+            if self.arrays:
+                np.savez(os.path.join(tmp, ARRAYS), **self.arrays)
+            with open(os.path.join(tmp, STATE), "w") as f:
+                json.dump({"position": asdict(position), "extra": extra, "fingerprint": self.fingerprint},
+                          f, indent=2)
+            files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
+                     for n in sorted(os.listdir(tmp))}
+            with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: its presence means complete
+                json.dump({"files": files}, f, indent=2)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        for old in list_checkpoints(self.root)[:-self.keep] if self.keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(root: str) -> List[str]:
+    """Checkpoint directories under ``root``, oldest first (temporary directories are not listed)."""
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and n[5:].isdigit())
+    return [os.path.join(root, n) for n in names]
+
+
+def latest_checkpoint(root: str, log=print) -> Optional[Checkpoint]:
+    """The newest complete checkpoint; damaged ones are reported and skipped."""
+    for path in reversed(list_checkpoints(root)):
+        problem = verify(path)
+        if problem:
+            log(f"skipping checkpoint {path}: {problem}")
+            continue
+        with open(os.path.join(path, STATE)) as f:
+            state = json.load(f)
+        return Checkpoint(path, Position(**state["position"]), state["extra"], state["fingerprint"])
+    return None
+
+
+def check_compatible(saved: dict, current: dict, path: str) -> None:
+    """Refuse to resume when anything that shapes the model changed."""
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise UserError(f"cannot resume from {path}: the config changed what shapes the model ({details}); "
+                        "use a new run.out_dir or restore these settings")
