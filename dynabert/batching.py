@@ -20,13 +20,18 @@ def local_batch_size(global_batch: int, world_size: int, key: str) -> int:
     return global_batch // world_size
 
 
+MEGABATCH = 50  # batches sorted together by length when grouping (as in Hugging Face's group_by_length)
+
+
 class GlobalBatches:
     """Training batches of one epoch for one rank. The last incomplete global batch is dropped (it could
     not be split evenly across ranks), so every rank takes the same number of steps."""
 
     def __init__(self, features: Sequence, global_batch: int, seed: int, rank: int, world_size: int,
-                 pad_token_id: int, pad_to: Optional[int] = None, key: str = "batch_size"):
+                 pad_token_id: int, pad_to: Optional[int] = None, key: str = "batch_size",
+                 group_by_length: bool = False):
         self.features = features
+        self.group_by_length = group_by_length
         self.global_batch = global_batch
         self.local_batch = local_batch_size(global_batch, world_size, key)
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -39,9 +44,22 @@ class GlobalBatches:
         return len(self.features) // self.global_batch
 
     def global_indices(self, epoch: int) -> np.ndarray:
-        """[steps, global_batch] example indices; identical on every rank."""
-        order = np.random.RandomState((self.seed, epoch)).permutation(len(self.features))
-        return order[: len(self) * self.global_batch].reshape(len(self), self.global_batch)
+        """[steps, global_batch] example indices; identical on every rank.
+
+        With ``group_by_length``, each run of ``MEGABATCH`` consecutive batches of the shuffled order is
+        sorted by length before it is cut, and the batches are then shuffled: batches hold sentences of
+        similar length, so dynamic padding wastes little (SST-2: mean 13 tokens, but a random batch of 32
+        pads to ~35), while every example still appears once per epoch in a seeded random order."""
+        rng = np.random.RandomState((self.seed, epoch))
+        order = rng.permutation(len(self.features))[: len(self) * self.global_batch]
+        if self.group_by_length:
+            lengths = np.asarray([len(self.features[i].input_ids) for i in order])
+            size = MEGABATCH * self.global_batch
+            for start in range(0, len(order), size):
+                chunk = slice(start, start + size)
+                order[chunk] = order[chunk][np.argsort(lengths[chunk], kind="stable")]
+        batches = order.reshape(len(self), self.global_batch)
+        return batches[rng.permutation(len(self))] if self.group_by_length else batches
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
         for indices in self.global_indices(epoch)[start_step:]:

@@ -3,9 +3,11 @@
 dynabert/ never imports paddle.distributed: the launcher builds a ``Collectives`` for the job
 (launcher/fleet_setup.py) and this module's ``SingleProcess`` serves the one-process case and tests.
 """
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import paddle
+
+T = TypeVar("T")
 
 
 class Collectives:
@@ -33,6 +35,11 @@ class Collectives:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def run_on_main(self, fn: Callable[[], T]) -> Optional[T]:
+        """Rank 0 runs ``fn`` (long, rank-0-only work such as importance); the others wait for it to
+        finish without sitting inside a collective. Returns fn's result on rank 0, None elsewhere."""
+        raise NotImplementedError
+
 
 class SingleProcess(Collectives):
     rank = 0
@@ -49,3 +56,6 @@ class SingleProcess(Collectives):
 
     def barrier(self):
         pass
+
+    def run_on_main(self, fn):
+        return fn()

@@ -35,6 +35,8 @@ class DataConfig:
     dev_limit: Optional[int] = None
     # "dynamic" pads each global batch to its longest sequence; "max_length" pads to max_seq_len.
     padding: str = "dynamic"
+    # Build training batches from sentences of similar length (less padding: ~2x faster on SST-2).
+    group_by_length: bool = True
     # Try PaddleNLP's GLUE download when GLUE_DIR has no copy of the task.
     allow_download: bool = True
 

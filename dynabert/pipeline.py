@@ -6,10 +6,8 @@ distillation, per-width evaluation), export (standalone smaller models). Paths o
     export/width_W/        standalone model + inference/ Paddle inference model
     results.json, results.md                          the per-width table
 """
-import json
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -18,10 +16,9 @@ import numpy as np
 import paddle
 
 from dynabert import models
-from dynabert.batching import GlobalBatches, eval_batches, local_batch_size, to_tensors
-from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, verify
+from dynabert.batching import GlobalBatches, eval_batches, to_tensors
 from dynabert.collectives import Collectives
-from dynabert.config import DEFAULT_MODEL, Config, model_fingerprint
+from dynabert.config import DEFAULT_MODEL, Config
 from dynabert.data import encode, get_task, load_split
 from dynabert.errors import TrainingDiverged, UserError
 from dynabert.evaluation import evaluate
@@ -29,11 +26,13 @@ from dynabert.export import extract_submodel, load_exported, parameter_count, sa
 from dynabert.importance import compute_importance
 from dynabert.io_utils import atomic_paddle_save, atomic_write_text
 from dynabert.metrics import main_metric_name
+from dynabert.preflight import check_batch_sizes, check_free_space, check_vocabulary, check_writable
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.run_log import RunLog, results_markdown, write_results
 from dynabert.supernet import Supernet, check_widths
 from dynabert.train_step import HiddenStates, finetune_step, forward, supernet_step, task_loss
-from dynabert.trainer import Resume, global_throughput, losses_to_floats, train
+from dynabert.stage_state import checkpointer, mark_done, resume_from, resume_point, stage_done
+from dynabert.trainer import global_throughput, losses_to_floats, train
 
 
 @dataclass
@@ -74,18 +73,6 @@ def prepare_data(cfg: Config, tokenizer, log: RunLog) -> TaskData:
                     tokenizer.pad_token_id, pad_to)
 
 
-def check_batch_sizes(cfg: Config, data: TaskData, world_size: int) -> None:
-    """Fail before any training if a stage's global batch cannot be split or filled."""
-    stages = {"finetune": cfg.finetune, "compress": cfg.compress.optim}
-    for name, optim in stages.items():
-        if name in cfg.run.stages and not (name == "finetune" and cfg.model.teacher):
-            key = f"{'compress.optim' if name == 'compress' else name}.batch_size"
-            local_batch_size(optim.batch_size, world_size, key)
-            if len(data.train) < optim.batch_size:
-                raise UserError(f"{key}: the training set has {len(data.train)} examples, fewer than one "
-                                f"global batch of {optim.batch_size}")
-
-
 def dev_metrics(model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:
     return evaluate(model_fn, data.dev, data.task, data.regression, cfg.run.eval_batch_size, comms,
                     data.pad_token_id)
@@ -111,6 +98,8 @@ def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: Ru
     seed_everything(cfg.run.seed)
     model = models.load_model(model_source(cfg.model.name_or_path), data.num_classes, cfg.model.dropout,
                               seed=cfg.run.seed)
+    check_vocabulary(tokenizer, model, model_source(cfg.model.name_or_path))
+    check_free_space(cfg, model, comms)
     comms.broadcast_parameters(model.parameters())  # one initial classifier for every rank
     best = checkpoint.extra["best"] if checkpoint else {"metrics": None}
     if checkpoint:
@@ -124,11 +113,11 @@ def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: Ru
         log.info(f"finetune eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
         if improves(result, best["metrics"], metric) and is_finite(model):
             best["metrics"] = {**result, "step": step}
-            if comms.is_main:
-                models.save_model(model, tokenizer, teacher_dir)
+            comms.run_on_main(lambda: models.save_model(model, tokenizer, teacher_dir))
 
     batches = GlobalBatches(data.train, cfg.finetune.batch_size, cfg.run.seed, comms.rank, comms.world_size,
-                            data.pad_token_id, data.pad_to, key="finetune.batch_size")
+                            data.pad_token_id, data.pad_to, key="finetune.batch_size",
+                            group_by_length=cfg.data.group_by_length)
     model.train()
     outcome = train(lambda b: losses_to_floats(finetune_step(model, b, data.regression)), _named_params(model),
                     cfg.finetune, batches, comms, log, on_eval, "finetune", cfg.run.seed, cfg.run.log_every,
@@ -165,21 +154,23 @@ def importance_and_reorder(teacher, data: TaskData, cfg: Config, comms: Collecti
     """Rank 0 computes importance over the whole dev set and reorders; every rank then receives rank 0's
     weights, so all ranks hold bit-identical parameters (upstream computes it per shard: defect 8).
     ``saved`` (from a checkpoint) skips the computation. Returns rank 0's scores (empty elsewhere)."""
-    scores: Dict[str, np.ndarray] = {}
-    if comms.is_main and saved:
-        scores = saved
+    def on_main() -> Dict[str, np.ndarray]:
+        if saved:
+            scores = saved
+        else:
+            start = time.perf_counter()
+            batches = (to_tensors(b) for _, b in
+                       eval_batches(data.dev, cfg.run.eval_batch_size, 0, 1, data.pad_token_id))
+            if cfg.compress.importance_batches:
+                batches = (b for i, b in zip(range(cfg.compress.importance_batches), batches))
+            heads, neurons = compute_importance(teacher, batches,
+                                                lambda logits, y: task_loss(logits, y, data.regression))
+            scores = {"head_importance": heads, "neuron_importance": neurons}
+            log.info(f"importance over {len(data.dev)} dev examples took {time.perf_counter() - start:.1f}s")
         reorder_heads_and_neurons(teacher, scores["head_importance"], scores["neuron_importance"])
-    elif comms.is_main:
-        start = time.perf_counter()
-        batches = (to_tensors(b) for _, b in
-                   eval_batches(data.dev, cfg.run.eval_batch_size, 0, 1, data.pad_token_id))
-        if cfg.compress.importance_batches:
-            batches = (b for i, b in zip(range(cfg.compress.importance_batches), batches))
-        heads, neurons = compute_importance(teacher, batches,
-                                            lambda logits, y: task_loss(logits, y, data.regression))
-        reorder_heads_and_neurons(teacher, heads, neurons)
-        scores = {"head_importance": heads, "neuron_importance": neurons}
-        log.info(f"importance over {len(data.dev)} dev examples took {time.perf_counter() - start:.1f}s")
+        return scores
+
+    scores = comms.run_on_main(on_main) or {}
     comms.broadcast_parameters(teacher.parameters(), src=0)
     return scores
 
@@ -194,6 +185,8 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
         log.info(f"compress: already complete in {cfg.run.out_dir}")
         return {float(w): m for w, m in done["best"].items()}
     check_widths(teacher, ccfg.widths)
+    check_vocabulary(_tokenizer_of(cfg), teacher, cfg.model.teacher or model_source(cfg.model.name_or_path))
+    check_free_space(cfg, teacher, comms)
     checkpoint = resume_point(cfg, "compress", resume, comms, log)
     seed_everything(cfg.run.seed)
     scores = importance_and_reorder(teacher, data, cfg, comms, log, checkpoint.arrays() if checkpoint else None)
@@ -216,9 +209,8 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
             key = f"{width:g}"
             if improves(result, best.get(key), metric) and is_finite(supernet.model):
                 best[key] = {**result, "step": step}
-                if comms.is_main:
-                    save_exported(extract_submodel(supernet, width), width, _tokenizer_of(cfg),
-                                  width_dir(best_root, width), inference_model=False)
+                comms.run_on_main(lambda: save_exported(extract_submodel(supernet, width), width, _tokenizer_of(cfg),
+                                                        width_dir(best_root, width), inference_model=False))
         supernet.train()
 
     def step_fn(batch):
@@ -227,7 +219,8 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
                                               data.regression))
 
     batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
-                            data.pad_token_id, data.pad_to, key="compress.optim.batch_size")
+                            data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
+                            group_by_length=cfg.data.group_by_length)
     saver = checkpointer(cfg, "compress", comms)
     saver.arrays = scores
     supernet.train()
@@ -236,8 +229,8 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
                     saver, lambda: {"best": best}, resume_from(checkpoint))
     student_states.remove()
     teacher_states.remove()
-    if comms.is_main:
-        atomic_paddle_save(supernet.state_dict(), os.path.join(cfg.run.out_dir, "compress", "supernet.pdparams"))
+    comms.run_on_main(lambda: atomic_paddle_save(supernet.state_dict(),
+                                                 os.path.join(cfg.run.out_dir, "compress", "supernet.pdparams")))
     speed = global_throughput(outcome.throughput, comms)
     mark_done(cfg, "compress", {"best": best, "throughput": speed}, comms)
     log.info(f"compress: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
@@ -252,63 +245,6 @@ def improves(result: Dict[str, float], best: Optional[dict], metric: str) -> boo
 def is_finite(model) -> bool:
     """A model with a NaN or Inf weight is never kept as best."""
     return all(bool(paddle.isfinite(p).all()) for p in model.parameters())
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints and resume
-# --------------------------------------------------------------------------------------------------
-def _stage_root(cfg: Config, stage: str) -> str:
-    return os.path.join(cfg.run.out_dir, "checkpoints", stage)
-
-
-def checkpointer(cfg: Config, stage: str, comms: Collectives) -> Checkpointer:
-    return Checkpointer(_stage_root(cfg, stage), cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes,
-                        cfg.run.keep_checkpoints, comms.is_main, {**model_fingerprint(cfg), "stage": stage})
-
-
-def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collectives,
-                 log: RunLog) -> Optional[Checkpoint]:
-    """The checkpoint this stage continues from, or None for a fresh start (which clears old ones)."""
-    root = _stage_root(cfg, stage)
-    checkpoint = None
-    if resume == "auto":
-        checkpoint = latest_checkpoint(root, log.info)
-    elif resume:
-        if os.path.basename(os.path.dirname(os.path.abspath(resume))) != stage:
-            return resume_point(cfg, stage, None, comms, log)  # an explicit checkpoint of another stage
-        problem = verify(resume)
-        if problem:
-            raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
-        checkpoint = latest_checkpoint(os.path.dirname(os.path.abspath(resume)), log.info)
-        checkpoint = checkpoint if checkpoint and checkpoint.path == os.path.abspath(resume) else None
-        if checkpoint is None:
-            raise UserError(f"--resume {resume}: only the newest complete checkpoint can be resumed")
-    if checkpoint is not None:
-        check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
-        log.info(f"{stage}: resuming from {checkpoint.path}")
-        return checkpoint
-    if comms.is_main and os.path.isdir(root):
-        shutil.rmtree(root)  # a fresh start: old checkpoints of this run directory must not be resumed later
-    comms.barrier()
-    return None
-
-
-def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
-    return Resume(checkpoint.position, checkpoint.optimizer_state()) if checkpoint else None
-
-
-def stage_done(cfg: Config, stage: str) -> Optional[dict]:
-    path = os.path.join(_stage_root(cfg, stage), "DONE.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def mark_done(cfg: Config, stage: str, info: dict, comms: Collectives) -> None:
-    if comms.is_main:
-        atomic_write_text(os.path.join(_stage_root(cfg, stage), "DONE.json"), json.dumps(info, indent=2))
-    comms.barrier()
 
 
 _TOKENIZERS = {}
@@ -337,9 +273,9 @@ def export(cfg: Config, data: TaskData, comms: Collectives, log: RunLog) -> List
         model = load_exported(source)
         result = dev_metrics(lambda b: forward(model, b), data, cfg, comms)
         meta = {"width": width, "parameters": parameter_count(model)}
-        if comms.is_main:
-            meta = save_exported(model, width, _tokenizer_of(cfg), width_dir(os.path.join(cfg.run.out_dir,
-                                 "export"), width), inference_model=cfg.export.inference_model)
+        out = width_dir(os.path.join(cfg.run.out_dir, "export"), width)
+        meta = comms.run_on_main(lambda: save_exported(model, width, _tokenizer_of(cfg), out,
+                                                       inference_model=cfg.export.inference_model)) or meta
         rows.append({**meta, "metrics": result})
         log.info(f"export width {width:g}: {meta['parameters']:,} parameters, dev "
                  + " ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -353,6 +289,8 @@ def export(cfg: Config, data: TaskData, comms: Collectives, log: RunLog) -> List
 def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional[str] = None) -> dict:
     """``resume``: None (fresh), "auto" (newest complete checkpoint of each stage, completed stages are
     skipped) or a checkpoint directory."""
+    if comms.is_main:
+        check_writable(cfg.run.out_dir)  # before anything is written, so a bad path costs nothing
     log = RunLog(cfg.run.out_dir, enabled=comms.is_main, rank=comms.rank)
     try:
         return _run(cfg, comms, log, config_text, resume)
@@ -363,7 +301,9 @@ def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional
 def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume: Optional[str]) -> dict:
     if comms.is_main and config_text:
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
-    timings, results = {}, {"task": None, "world_size": comms.world_size}
+    timings = {}
+    results = {"task": None, "world_size": comms.world_size,
+               "global_batch_size": {"finetune": cfg.finetune.batch_size, "compress": cfg.compress.optim.batch_size}}
     tokenizer = _tokenizer_of(cfg)
     data = prepare_data(cfg, tokenizer, log)
     check_batch_sizes(cfg, data, comms.world_size)
@@ -382,6 +322,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
         best = compress(cfg, data, teacher, comms, log, resume)
         results["compress_best"] = {f"{w:g}": m for w, m in best.items()}
         timings["compress"] = time.perf_counter() - start
+    results["throughput"] = {stage: done["throughput"] for stage in ("finetune", "compress")
+                             if (done := stage_done(cfg, stage)) and "throughput" in done}
     if "export" in cfg.run.stages:
         start = time.perf_counter()
         rows = export(cfg, data, comms, log)

@@ -8,6 +8,7 @@ On GPU the cost of one buffer is one extra copy of the gradients (440 MB for BER
 overlap of communication with the last backward; NCCL's bandwidth on one large message makes up for it.
 """
 import os
+import time
 from typing import Any, List, Sequence
 
 import paddle
@@ -40,6 +41,7 @@ class PaddleCollectives(Collectives):
         # What this process sent through all-reduce, for the log and the tests.
         self.all_reduce_calls = 0
         self.all_reduce_bytes = 0
+        self._main_jobs = 0
 
     def all_reduce_gradients(self, params: Sequence[paddle.Tensor]) -> None:
         params = [p for p in params if not p.stop_gradient]
@@ -71,3 +73,20 @@ class PaddleCollectives(Collectives):
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def run_on_main(self, fn):
+        """Gloo (CPU) gives up on a collective after 30 s (gloo's default, not configurable through Paddle
+        2.6's ProcessGroupGloo), and rank-0-only work such as importance takes longer. So the other ranks
+        do not wait in a collective: they poll a counter in the job's TCP store, the one
+        init_parallel_env created (its ``add`` never blocks), until rank 0 bumps it."""
+        self._main_jobs += 1
+        key = f"dynabert/run_on_main/{self._main_jobs}"
+        store = paddle.base.core.create_or_get_global_tcp_store()
+        if self.rank == 0:
+            try:
+                return fn()
+            finally:
+                store.add(key, 1)  # also on failure: the launcher then stops everyone with rank 0's error
+        while store.add(key, 0) < 1:
+            time.sleep(0.2)
+        return None

@@ -121,3 +121,46 @@ def test_model_dir_without_vocab(tmp_path):
 
 def test_stage_names_are_the_documented_ones():
     assert STAGES == ("finetune", "compress", "export")
+
+
+def test_unwritable_out_dir_is_refused_before_anything_runs(tiny_model_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    done = worker("--config", TINY, "--set", f"model.name_or_path={tiny_model_dir}",
+                  "--set", f"run.out_dir={blocker}/run")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: run.out_dir: cannot write to {blocker}/run")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_vocabulary_larger_than_the_embedding_is_refused(tiny_model_dir, tmp_path):
+    import shutil as sh
+
+    bad = tmp_path / "model"
+    sh.copytree(tiny_model_dir, bad)
+    with open(bad / "vocab.txt", "a") as f:
+        f.write("".join(f"extra{i}\n" for i in range(50)))
+    done = worker("--config", TINY, "--set", f"model.name_or_path={bad}", "--set", f"run.out_dir={tmp_path / 'o'}")
+    assert done.returncode == 2
+    assert "vocab.txt has" in done.stderr and "the vocabulary does not belong to this model" in done.stderr
+
+
+def test_too_little_disk_for_a_checkpoint_is_refused(monkeypatch, tmp_path):
+    import collections
+    import shutil as sh
+
+    from dynabert import pipeline
+    from dynabert.collectives import SingleProcess
+    from dynabert.errors import UserError
+    from dynabert.models import tiny_bert
+    from launcher.config import load_config
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    cfg = load_config(TINY, [f"run.out_dir={tmp_path}", "run.checkpoint_every_steps=10"])
+    with pytest.raises(UserError, match=r"run.out_dir: .* has 0 MiB free, one checkpoint needs about"):
+        pipeline.check_free_space(cfg, tiny_bert(), SingleProcess())
+    off = load_config(TINY, [f"run.out_dir={tmp_path}", "run.checkpoint_every_steps=0",
+                             "run.checkpoint_every_minutes=0"])
+    pipeline.check_free_space(off, tiny_bert(), SingleProcess())  # no checkpoints, no disk needed

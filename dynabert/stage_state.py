@@ -1,0 +1,70 @@
+"""Where each stage of a run stands: its checkpointer, the checkpoint it resumes from, and whether it
+already finished (``checkpoints/<stage>/DONE.json``), so ``--resume auto`` skips completed stages."""
+import json
+import os
+import shutil
+from typing import Optional
+
+from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, verify
+from dynabert.collectives import Collectives
+from dynabert.config import Config, model_fingerprint
+from dynabert.errors import UserError
+from dynabert.io_utils import atomic_write_text
+from dynabert.run_log import RunLog
+from dynabert.trainer import Resume
+
+
+def _stage_root(cfg: Config, stage: str) -> str:
+    return os.path.join(cfg.run.out_dir, "checkpoints", stage)
+
+
+def checkpointer(cfg: Config, stage: str, comms: Collectives) -> Checkpointer:
+    return Checkpointer(_stage_root(cfg, stage), cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes,
+                        cfg.run.keep_checkpoints, comms.is_main, {**model_fingerprint(cfg), "stage": stage})
+
+
+def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collectives,
+                 log: RunLog) -> Optional[Checkpoint]:
+    """The checkpoint this stage continues from, or None for a fresh start (which clears old ones)."""
+    root = _stage_root(cfg, stage)
+    checkpoint = None
+    if resume == "auto":
+        checkpoint = latest_checkpoint(root, log.info)
+    elif resume:
+        if os.path.basename(os.path.dirname(os.path.abspath(resume))) != stage:
+            return resume_point(cfg, stage, None, comms, log)  # an explicit checkpoint of another stage
+        problem = verify(resume)
+        if problem:
+            raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
+        checkpoint = latest_checkpoint(os.path.dirname(os.path.abspath(resume)), log.info)
+        checkpoint = checkpoint if checkpoint and checkpoint.path == os.path.abspath(resume) else None
+        if checkpoint is None:
+            raise UserError(f"--resume {resume}: only the newest complete checkpoint can be resumed")
+    if checkpoint is not None:
+        check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
+        log.info(f"{stage}: resuming from {checkpoint.path}")
+        return checkpoint
+    if comms.is_main and os.path.isdir(root):
+        shutil.rmtree(root)  # a fresh start: old checkpoints of this run directory must not be resumed later
+    comms.barrier()
+    return None
+
+
+def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
+    return Resume(checkpoint.position, checkpoint.optimizer_state()) if checkpoint else None
+
+
+def stage_done(cfg: Config, stage: str) -> Optional[dict]:
+    path = os.path.join(_stage_root(cfg, stage), "DONE.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mark_done(cfg: Config, stage: str, info: dict, comms: Collectives) -> None:
+    if comms.is_main:
+        atomic_write_text(os.path.join(_stage_root(cfg, stage), "DONE.json"), json.dumps(info, indent=2))
+    comms.barrier()
+
+
