@@ -28,10 +28,21 @@ def _overrides(model_dir):
             "--set", "run.eval_batch_size=8"]
 
 
-def _env():
+def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
-    env.update(OMP_NUM_THREADS="1", GLUE_DIR="", PYTHONPATH=ROOT)
+    env.update(OMP_NUM_THREADS="1", GLUE_DIR="", PYTHONPATH=ROOT, **extra)
     return env
+
+
+def _launch_probe(out, args, env):
+    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+              "--log_dir", os.path.join(out, "logs"), PROBE, out] + args
+    done = subprocess.run(launch, env=env, timeout=300, capture_output=True, text=True)
+    if done.returncode != 0:
+        logs = "".join(open(os.path.join(out, "logs", f)).read()[-3000:]
+                       for f in sorted(os.listdir(os.path.join(out, "logs"))))
+        pytest.fail(f"2-process probe failed ({done.returncode}):\n{done.stdout[-2000:]}\n{logs}")
+    return _reports(out, 2)
 
 
 def _reports(out, n):
@@ -45,14 +56,7 @@ def runs(tiny_model_dir, tmp_path_factory):
     args = _overrides(tiny_model_dir)
     subprocess.run([sys.executable, PROBE, one] + args, env=_env(), check=True, timeout=300,
                    capture_output=True)
-    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-              "--log_dir", os.path.join(two, "logs"), PROBE, two] + args
-    done = subprocess.run(launch, env=_env(), timeout=300, capture_output=True, text=True)
-    if done.returncode != 0:
-        logs = "".join(open(os.path.join(two, "logs", f)).read()[-3000:]
-                       for f in sorted(os.listdir(os.path.join(two, "logs"))))
-        pytest.fail(f"2-process probe failed ({done.returncode}):\n{done.stdout[-2000:]}\n{logs}")
-    return {"one": (one, _reports(one, 1)), "two": (two, _reports(two, 2))}
+    return {"one": (one, _reports(one, 1)), "two": (two, _launch_probe(two, args, _env()))}
 
 
 def test_importance_broadcast_makes_ranks_bit_identical(runs):
@@ -109,3 +113,38 @@ def test_distributed_metric_equals_single_process_metric(runs):
     single = runs["one"][1][0]["metrics"]
     for r in runs["two"][1]:
         assert r["metrics"] == single  # exactly, on every rank
+
+
+def test_nan_on_one_rank_is_skipped_by_every_rank(tiny_model_dir, tmp_path):
+    """Rank 1 alone produces NaN at step 3; after the all-reduce both ranks see it, both skip the same
+    update, and they stay bit-identical and finite."""
+    out = str(tmp_path)
+    args = _overrides(tiny_model_dir) + ["--set", "run.on_nonfinite=skip"]
+    r0, r1 = _launch_probe(out, args, _env(PROBE_NAN_ON_RANK1_AT_CALL="3"))
+    assert r0["skipped_steps"] == r1["skipped_steps"] == 1
+    assert r0["after_training"] == r1["after_training"]
+    params = np.load(os.path.join(out, "params_rank0.npz"))
+    assert all(np.isfinite(params[k]).all() for k in params.files)
+
+
+def test_rank0_work_longer_than_gloo_timeout(tmp_path):
+    """Gloo gives up on a collective after 30 s; rank-0-only work (importance) can take longer. With
+    run_on_main the other rank waits on the TCP store instead, and the broadcast afterwards succeeds."""
+    script = tmp_path / "slow_main.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "import dynabert, paddle\n"
+        "from launcher.fleet_setup import init_collectives\n"
+        "c = init_collectives()\n"
+        "p = paddle.full([4], float(c.rank + 1))\n"
+        "c.run_on_main(lambda: (time.sleep(40), p.set_value(paddle.full([4], 7.0))))\n"
+        "c.broadcast_parameters([p])\n"
+        "assert p.numpy().tolist() == [7.0] * 4, p.numpy()\n"
+        "print('ok', c.rank, flush=True)\n")
+    done = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                           "--log_dir", str(tmp_path / "logs"), str(script)], env=_env(), timeout=300,
+                          capture_output=True, text=True)
+    logs = {f: open(tmp_path / "logs" / f).read() for f in os.listdir(tmp_path / "logs")}
+    assert done.returncode == 0, logs.get("workerlog.1", "")[-2000:]
+    assert "ok 1" in logs["workerlog.1"]

@@ -69,7 +69,11 @@ def main():
     student_states, teacher_states = HiddenStates(supernet.model), HiddenStates(teacher)
     reps = []
 
+    poison = os.environ.get("PROBE_NAN_ON_RANK1_AT_CALL")  # 1-based step_fn call to poison on rank 1
+
     def step_fn(batch):
+        if poison and comms.rank == 1 and len(reps) + 1 == int(poison):
+            batch = {**batch, "attention_mask": batch["attention_mask"] * float("nan")}
         losses = losses_to_floats(supernet_step(supernet, student_states, teacher, teacher_states, batch,
                                                 supernet.widths, cfg.compress.lambda_distill,
                                                 cfg.compress.lambda_logit, data.regression))
@@ -81,8 +85,10 @@ def main():
     calls_before = dict(CALLS)
     supernet.train()
     outcome = train(step_fn, list(supernet.model.named_parameters()), cfg.compress.optim, batches, comms, log,
-                    lambda step: None, "compress", cfg.run.seed, log_every=1, show_progress=False)
+                    lambda step: None, "compress", cfg.run.seed, log_every=1, show_progress=False,
+                    on_nonfinite=cfg.run.on_nonfinite)
     report["steps"] = outcome.steps
+    report["skipped_steps"] = outcome.skipped_steps
     report["all_reduce_calls"] = CALLS["all_reduce"] - calls_before["all_reduce"]
     report["all_reduce_bytes"] = CALLS["all_reduce_bytes"] - calls_before["all_reduce_bytes"]
     report["param_bytes"] = sum(int(p.numel()) * p.element_size() for p in supernet.parameters())
