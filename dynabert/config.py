@@ -91,6 +91,8 @@ class RunConfig:
     # A non-finite loss or gradient (seen identically by every rank after the all-reduce): "stop" with
     # exit code 3, or "skip" the update and go on.
     on_nonfinite: str = "stop"
+    # fp32, or fp16 / bf16 mixed precision (GPU only; see dynabert/precision.py).
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def validate(cfg: "Config") -> None:
     _check(cfg.run.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", "must be >= 0")
     _check(cfg.run.checkpoint_every_minutes >= 0, "run.checkpoint_every_minutes", "must be >= 0")
     _check(cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+    _check(cfg.run.precision in ("fp32", "fp16", "bf16"), "run.precision",
+           f"must be fp32, fp16 or bf16, got {cfg.run.precision!r}")
     _check(cfg.run.on_nonfinite in ("stop", "skip"), "run.on_nonfinite",
            f"must be 'stop' or 'skip', got {cfg.run.on_nonfinite!r}")
 

@@ -26,6 +26,7 @@ from dynabert.export import extract_submodel, load_exported, parameter_count, sa
 from dynabert.importance import compute_importance
 from dynabert.io_utils import atomic_paddle_save, atomic_write_text
 from dynabert.metrics import main_metric_name
+from dynabert.precision import Precision
 from dynabert.preflight import check_batch_sizes, check_free_space, check_vocabulary, check_writable
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.run_log import RunLog, results_markdown, write_results
@@ -119,10 +120,12 @@ def finetune(cfg: Config, data: TaskData, tokenizer, comms: Collectives, log: Ru
                             data.pad_token_id, data.pad_to, key="finetune.batch_size",
                             group_by_length=cfg.data.group_by_length)
     model.train()
-    outcome = train(lambda b: losses_to_floats(finetune_step(model, b, data.regression)), _named_params(model),
+    precision = Precision(cfg.run.precision)
+    outcome = train(lambda b: losses_to_floats(finetune_step(model, b, data.regression, precision.backward)),
+                    _named_params(model),
                     cfg.finetune, batches, comms, log, on_eval, "finetune", cfg.run.seed, cfg.run.log_every,
                     cfg.run.progress, cfg.run.on_nonfinite, checkpointer(cfg, "finetune", comms),
-                    lambda: {"best": best}, resume_from(checkpoint))
+                    lambda: {"best": best}, resume_from(checkpoint), precision)
     if best["metrics"] is None:
         raise TrainingDiverged("finetune: no finite model to keep (every evaluation was non-finite)")
     comms.barrier()  # rank 0 has written the best teacher
@@ -213,10 +216,12 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
                                                         width_dir(best_root, width), inference_model=False))
         supernet.train()
 
+    precision = Precision(cfg.run.precision)
+
     def step_fn(batch):
         return losses_to_floats(supernet_step(supernet, student_states, teacher, teacher_states, batch,
                                               supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit,
-                                              data.regression))
+                                              data.regression, precision.backward))
 
     batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
@@ -226,7 +231,7 @@ def compress(cfg: Config, data: TaskData, teacher, comms: Collectives, log: RunL
     supernet.train()
     outcome = train(step_fn, _named_params(supernet.model), ccfg.optim, batches, comms, log, on_eval,
                     "compress", cfg.run.seed, cfg.run.log_every, cfg.run.progress, cfg.run.on_nonfinite,
-                    saver, lambda: {"best": best}, resume_from(checkpoint))
+                    saver, lambda: {"best": best}, resume_from(checkpoint), precision)
     student_states.remove()
     teacher_states.remove()
     comms.run_on_main(lambda: atomic_paddle_save(supernet.state_dict(),
@@ -307,6 +312,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     tokenizer = _tokenizer_of(cfg)
     data = prepare_data(cfg, tokenizer, log)
     check_batch_sizes(cfg, data, comms.world_size)
+    Precision(cfg.run.precision)  # fp16/bf16 on a CPU run is refused now, not after fine-tuning
     results["task"] = data.task
     metric = main_metric_name(data.task)
     teacher = teacher_metrics = None

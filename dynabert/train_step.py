@@ -3,7 +3,7 @@
 No optimizer, no communication, no logging here: the loop (dynabert/trainer.py) owns those.
 """
 import contextlib
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import paddle
 import paddle.nn.functional as F
@@ -60,15 +60,20 @@ def task_loss(logits: paddle.Tensor, labels: paddle.Tensor, regression: bool) ->
     return F.cross_entropy(logits, labels)
 
 
-def finetune_step(model, batch, regression: bool) -> Dict[str, paddle.Tensor]:
-    loss = task_loss(forward(model, batch), batch["labels"], regression)
+def _backward(loss: paddle.Tensor) -> None:
     loss.backward()
+
+
+def finetune_step(model, batch, regression: bool, backward: Callable = _backward) -> Dict[str, paddle.Tensor]:
+    loss = task_loss(forward(model, batch), batch["labels"], regression)
+    backward(loss)
     return {"loss": loss}
 
 
 def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_states: HiddenStates,
                   batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
-                  lambda_logit: float, regression: bool) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  lambda_logit: float, regression: bool,
+                  backward: Callable = _backward) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
@@ -82,6 +87,6 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
         logits = forward(supernet, batch)
         terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
                              lambda_distill, lambda_logit, regression)
-        terms["loss"].backward()
+        backward(terms["loss"])  # (scaled under fp16)
         losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses

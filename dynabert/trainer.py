@@ -17,6 +17,7 @@ from dynabert.checkpoint import Checkpointer, Position
 from dynabert.collectives import Collectives
 from dynabert.config import OptimConfig
 from dynabert.errors import TrainingDiverged
+from dynabert.precision import Precision
 from dynabert.run_log import RunLog, progress
 
 _NO_DECAY = ("bias", "norm")  # biases and LayerNorm parameters take no weight decay, as in BERT
@@ -81,11 +82,12 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
           comms: Collectives, log: RunLog, evaluate: Callable[[int], None], tag: str, seed: int,
           log_every: int = 10, show_progress: bool = True, on_nonfinite: str = "stop",
           checkpointer: Optional[Checkpointer] = None, checkpoint_state: Callable[[], dict] = dict,
-          resume: Optional[Resume] = None) -> TrainResult:
+          resume: Optional[Resume] = None, precision: Optional[Precision] = None) -> TrainResult:
     """``step_fn(batch)`` runs forward and backward and returns its loss values as floats;
     ``evaluate(step)`` is called at the configured interval and at the end; ``checkpoint_state()``
     returns the stage's own state (best-so-far) to store with each checkpoint."""
     steps = total_steps(optim, len(batches))
+    precision = precision or Precision("fp32")
     optimizer, schedule = make_optimizer(named_params, optim, steps)
     params = [p for _, p in named_params]
     pos = Position()
@@ -103,10 +105,11 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
         for batch in batches.epoch(pos.epoch, start_step=pos.step_in_epoch):
             start = time.perf_counter()
             paddle.seed(step_seed(seed, comms.rank, pos.step))
-            losses = step_fn(to_tensors(batch))        # forward + backward of every width
+            with precision.autocast():
+                losses = step_fn(to_tensors(batch))    # forward + backward of every width
             comms.all_reduce_gradients(params)         # the only gradient communication of the step
-            if gradients_finite(params):
-                optimizer.step()                       # (gradient clipping happens inside)
+            if precision.handles_overflow or gradients_finite(params):
+                precision.step(optimizer)              # (gradient clipping happens inside)
             elif on_nonfinite == "stop":
                 raise TrainingDiverged(f"{tag}: non-finite loss or gradient at step {pos.step + 1}; nothing "
                                        "was saved from it (set run.on_nonfinite=skip to skip such steps)")

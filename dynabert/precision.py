@@ -1,0 +1,54 @@
+"""Mixed precision: fp32 (default), fp16 with dynamic loss scaling, or bf16, through paddle.amp.
+
+Paddle 2.6's automatic mixed precision casts on CUDA devices only (on CPU ``auto_cast`` leaves every op
+in fp32, measured here), so fp16 and bf16 are refused on a CPU run rather than silently ignored.
+NOT RUN ON A GPU BY THIS PROJECT: written against Paddle's documented AMP API (auto_cast O1, GradScaler).
+
+The gradient all-reduce sits between backward and ``step``; with fp16 the all-reduced gradients are
+still scaled, which is fine (the all-reduce is linear), and GradScaler's inf/NaN check then sees the
+same gradients on every rank, so every rank skips the same steps.
+"""
+import contextlib
+
+import paddle
+
+from dynabert.errors import UserError
+
+MODES = ("fp32", "fp16", "bf16")
+
+
+class Precision:
+    def __init__(self, mode: str = "fp32"):
+        if mode not in MODES:
+            raise UserError(f"run.precision: must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "fp32" and not on_gpu():
+            raise UserError(f"run.precision: {mode} needs a GPU (Paddle's AMP does not cast on CPU); "
+                            "use fp32 on CPU")
+        self.mode = mode
+        # Dynamic loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range.
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if mode == "fp16" else None
+
+    @property
+    def handles_overflow(self) -> bool:
+        """fp16's scaler skips steps with inf/NaN gradients itself (and lowers the scale)."""
+        return self.scaler is not None
+
+    def autocast(self):
+        if self.mode == "fp32":
+            return contextlib.nullcontext()
+        dtype = "float16" if self.mode == "fp16" else "bfloat16"
+        return paddle.amp.auto_cast(enable=True, dtype=dtype, level="O1")
+
+    def backward(self, loss: paddle.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # unscales first, so gradient clipping sees true gradients
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+def on_gpu() -> bool:
+    return paddle.is_compiled_with_cuda() and "gpu" in str(paddle.get_device())
