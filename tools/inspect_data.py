@@ -1,0 +1,58 @@
+"""Check a GLUE task's files and show what the model will see: rows, labels, token lengths.
+
+    python -m tools.inspect_data --task sst-2 [--glue_dir DIR] [--model minilm] [--max_seq_len 128]
+
+Every row is parsed (a malformed one is reported as file:line), so this is also a quick validation of
+a data directory before a long run. The token-length percentiles help choose data.max_seq_len.
+"""
+import argparse
+import collections
+import sys
+
+import numpy as np
+
+import dynabert  # noqa: F401  (zlib before paddle)
+from dynabert.errors import UserError
+
+
+def describe(task: str, glue_dir, model: str, max_seq_len: int) -> str:
+    from dynabert import models
+    from dynabert.data import encode, get_task, load_split
+
+    spec = get_task(task)
+    tokenizer = models.load_tokenizer(models.default_model_dir() if model == "minilm" else model)
+    lines = []
+    for split in ("train",) + spec.dev_splits:
+        examples, source = load_split(spec.name, split, glue_dir, allow_download=False)
+        lengths = np.asarray([len(f.input_ids) for f in encode(examples, tokenizer, 10**6)])
+        lines.append(f"{split}: {source}")
+        if spec.is_regression:
+            labels = np.asarray([e.label for e in examples])
+            lines.append(f"  labels: mean {labels.mean():.3f}, min {labels.min():g}, max {labels.max():g}")
+        else:
+            counts = collections.Counter(e.label for e in examples)
+            lines.append("  labels: " + ", ".join(f"{spec.labels[k]} {counts[k]}" for k in sorted(counts)))
+        p50, p95, p99 = np.percentile(lengths, [50, 95, 99])
+        cut = float((lengths > max_seq_len).mean())
+        lines.append(f"  tokens: mean {lengths.mean():.1f}, p50 {p50:.0f}, p95 {p95:.0f}, p99 {p99:.0f}, "
+                     f"max {lengths.max()}; {cut:.1%} longer than max_seq_len {max_seq_len}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tools.inspect_data", description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="sst-2")
+    p.add_argument("--glue_dir", default=None, help="default: $GLUE_DIR")
+    p.add_argument("--model", default="minilm", help="whose tokenizer to use (a model directory or 'minilm')")
+    p.add_argument("--max_seq_len", type=int, default=128)
+    args = p.parse_args(argv)
+    try:
+        print(describe(args.task, args.glue_dir, args.model, args.max_seq_len))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
