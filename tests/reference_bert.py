@@ -18,6 +18,9 @@ A width sub-model (``heads_kept``, ``ffn_kept``) keeps the FIRST ``heads_kept`` 
 (q/k/v output columns and out_proj input rows [0:heads_kept*head_dim]) and the first ``ffn_kept`` FFN
 neurons (linear1 output columns and bias, linear2 input rows); head_dim stays hidden / num_heads.
 ``head_mask`` [layers, heads] multiplies each head's attention probabilities (DynaBERT's importance mask).
+
+``random_batch`` makes the small random input batches the tests feed to both the code under test and this
+reference.
 """
 import math
 
@@ -121,6 +124,27 @@ def model_weights(model):
     """A Paddle model's parameters as float64 NumPy arrays by name ('.fn.' of super layers dropped)."""
     return {name.replace(".fn.", "."): t.numpy().astype(np.float64) for name, t in model.state_dict().items()}
 
+
+def random_batch(seed=1, b=3, t=7, padded_rows=None, vocab=64, labels=True):
+    """A random [b, t] batch: ``input_ids`` (int64, [CLS]=2 then ids in [5, vocab)), ``token_type_ids``
+    (int64, 0 for the first t // 2 positions, 1 after), ``attention_mask`` (float32, 1 = token) and, with
+    ``labels``, binary ``labels`` [b] (int64, drawn after the ids from the same RandomState(seed)).
+
+    ``padded_rows`` maps a row to its first padded position (mask 0 from there on); both are NumPy
+    indices, so negative ones count from the end: {1: -2} pads the last two positions of row 1. The
+    default, {1: -2, 2: 3}, pads two rows of the default 3 x 7 batch differently (so the mask matters)."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(5, vocab, size=(b, t)).astype(np.int64)
+    ids[:, 0] = 2
+    tt = np.zeros_like(ids)
+    tt[:, t // 2:] = 1
+    mask = np.ones((b, t), np.float32)
+    for row, first_pad in ({1: -2, 2: 3} if padded_rows is None else padded_rows).items():
+        mask[row, first_pad:] = 0
+    out = {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask}
+    if labels:
+        out["labels"] = rng.randint(0, 2, size=b).astype(np.int64)
+    return out
 
 # Hugging Face BertModel name -> Paddle BertForSequenceClassification name, and whether it is a Linear
 # weight ([out, in] in HF, [in, out] in Paddle).

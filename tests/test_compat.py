@@ -20,7 +20,7 @@ from paddleslim.nas.ofa.layers import SuperLayerNorm
 from dynabert import compat
 from dynabert.models import tiny_bert
 from dynabert.supernet import Supernet
-from tests.reference_bert import model_weights, numpy_bert_logits
+from tests.reference_bert import model_weights, numpy_bert_logits, random_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NLP_UTILS = "paddleslim.nas.ofa.utils.nlp_utils"
@@ -43,17 +43,10 @@ def run_python(code, cwd):
     return finish(start_python(code, cwd))
 
 
-def batch(seed=1, b=3, t=7, vocab=64):
-    """input_ids, token_type_ids, attention_mask with padding in two rows (the mask matters)."""
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(5, vocab, size=(b, t)).astype(np.int64)
-    ids[:, 0] = 2
-    tt = np.zeros_like(ids)
-    tt[:, t // 2:] = 1
-    mask = np.ones((b, t), np.float32)
-    mask[1, t - 2:] = 0
-    mask[2, 3:] = 0
-    return ids, tt, mask
+def batch():
+    """input_ids, token_type_ids, attention_mask of the default random batch (two rows padded)."""
+    b = random_batch(labels=False)
+    return b["input_ids"], b["token_type_ids"], b["attention_mask"]
 
 
 def paddle_logits(model_or_supernet, ids, tt, mask):

@@ -13,23 +13,10 @@ import pytest
 from dynabert.models import tiny_bert
 from dynabert.supernet import Supernet
 from dynabert.train_step import HiddenStates, supernet_step
-from tests.reference_bert import model_weights, numpy_bert_forward, softmax
+from tests.reference_bert import model_weights, numpy_bert_forward, random_batch, softmax
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 PROBE = "bert.encoder.layers.0.linear1.fn.weight"
-
-
-def make_batch(seed=1, b=3, t=7):
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(5, 64, size=(b, t)).astype(np.int64)
-    ids[:, 0] = 2
-    tt = np.zeros_like(ids)
-    tt[:, t // 2:] = 1
-    mask = np.ones((b, t), np.float32)
-    mask[1, t - 2:] = 0
-    mask[2, 3:] = 0
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask,
-            "labels": rng.randint(0, 2, size=b).astype(np.int64)}
 
 
 def tensors(batch):
@@ -94,7 +81,7 @@ def setups(teacher):
 
 
 def test_rep_is_zero_only_where_student_equals_teacher(setups):
-    batch = make_batch()
+    batch = random_batch()
     same = setups(perturbed=False).step(batch)
     # the unperturbed student at full width is the teacher: layer-by-layer hidden states line up exactly
     assert float(same[1.0]["rep"]) < 1e-10
@@ -108,7 +95,7 @@ def test_rep_is_zero_only_where_student_equals_teacher(setups):
 
 def test_hidden_state_term_alone_trains_encoder_not_teacher(setups, teacher):
     s = setups()
-    losses = s.step(make_batch(), widths=(1.0, 0.5), lambda_distill=1.0, lambda_logit=0.0)
+    losses = s.step(random_batch(), widths=(1.0, 0.5), lambda_distill=1.0, lambda_logit=0.0)
     for w in (1.0, 0.5):
         np.testing.assert_allclose(float(losses[w]["loss"]), float(losses[w]["rep"]), rtol=1e-6)
     grads = s.grads()
@@ -134,9 +121,9 @@ def test_teacher_runs_once_per_step(setups, teacher):
     hooks = [teacher.register_forward_post_hook(counter("teacher")),
              s.supernet.model.bert.register_forward_post_hook(counter("student"))]  # OFA calls model.forward
     try:
-        s.step(make_batch())
+        s.step(random_batch())
         assert calls == {"teacher": 1, "student": len(WIDTHS)}
-        s.step(make_batch(seed=2), widths=(1.0, 0.5))
+        s.step(random_batch(seed=2), widths=(1.0, 0.5))
         assert calls == {"teacher": 2, "student": len(WIDTHS) + 2}
     finally:
         for h in hooks:
@@ -144,7 +131,7 @@ def test_teacher_runs_once_per_step(setups, teacher):
 
 
 def test_gradients_of_all_widths_accumulate(setups):
-    batch = make_batch()
+    batch = random_batch()
     both, full, half = setups(seed=3), setups(seed=3), setups(seed=3)
     both.step(batch, widths=(1.0, 0.5), lambda_distill=2.0)
     full.step(batch, widths=(1.0,), lambda_distill=2.0)
@@ -165,7 +152,7 @@ def _soft_ce(student_logits, teacher_logits):
 
 @pytest.mark.parametrize("lambda_distill,lambda_logit", [(1.0, 1.0), (0.7, 2.5)])
 def test_loss_terms_equal_hand_computation(setups, teacher, lambda_distill, lambda_logit):
-    batch = make_batch()
+    batch = random_batch()
     s = setups(seed=5)
     student_w, teacher_w = model_weights(s.supernet.model), model_weights(teacher)
     losses = s.step(batch, lambda_distill=lambda_distill, lambda_logit=lambda_logit)
@@ -190,7 +177,7 @@ def test_regression_logit_term_is_mse():
     teacher_states = HiddenStates(teacher)
     s = Setup(teacher, teacher_states, seed=6)
     try:
-        batch = make_batch()
+        batch = random_batch()
         losses = s.step(batch, widths=(1.0, 0.5), regression=True)
         student_w, teacher_w = model_weights(s.supernet.model), model_weights(teacher)
         args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])

@@ -14,22 +14,15 @@ from dynabert.export import (extract_submodel, inference_predictor, load_exporte
 from dynabert.models import tiny_bert
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.supernet import Supernet
-from tests.reference_bert import model_weights, numpy_bert_logits
+from tests.reference_bert import model_weights, numpy_bert_logits, random_batch
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 
 def make_batch(seed=1, b=3, t=7):
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(5, 64, size=(b, t)).astype(np.int64)
-    ids[:, 0] = 2
-    tt = np.zeros_like(ids)
-    tt[:, t // 2:] = 1
-    mask = np.ones((b, t), np.float32)
-    mask[-1, t - 2:] = 0
-    if b > 2:
-        mask[1, 3:] = 0
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask}
+    """No labels; the last row padded over its last two positions and, with more than two rows, row 1
+    from position 3 (any b and t, for the dynamic-shape test)."""
+    return random_batch(seed, b, t, {-1: -2, 1: 3} if b > 2 else {-1: -2}, labels=False)
 
 
 def logits_of(model, batch):
@@ -152,12 +145,18 @@ def _broken_jit_save(*args, **kwargs):
     raise RuntimeError("simulated failure inside paddle.jit.save")
 
 
-def test_failed_save_keeps_previous_export(supernet, tokenizer, tmp_path, monkeypatch):
-    out = str(tmp_path / "export")
+def _save_previous_export(supernet, tokenizer, out):
+    """Export width 1.0 to ``out`` (no inference model); returns a batch and its logits, to check later
+    that ``out`` still loads as this export."""
     first = extract_submodel(supernet, 1.0)
     save_exported(first, 1.0, tokenizer, out, inference_model=False)
     batch = make_batch(seed=9)
-    first_logits = logits_of(first, batch)
+    return batch, logits_of(first, batch)
+
+
+def test_failed_save_keeps_previous_export(supernet, tokenizer, tmp_path, monkeypatch):
+    out = str(tmp_path / "export")
+    batch, first_logits = _save_previous_export(supernet, tokenizer, out)
     files_before = _listing(out)
 
     monkeypatch.setattr(paddle.jit, "save", _broken_jit_save)
@@ -175,7 +174,7 @@ def test_failed_save_keeps_previous_export(supernet, tokenizer, tmp_path, monkey
 def test_failed_save_leaves_no_half_written_directory(supernet, tokenizer, tmp_path, monkeypatch, previous):
     out = str(tmp_path / "export")
     if previous:
-        save_exported(extract_submodel(supernet, 1.0), 1.0, tokenizer, out, inference_model=False)
+        _save_previous_export(supernet, tokenizer, out)
     monkeypatch.setattr(paddle.jit, "save", _broken_jit_save)
     with pytest.raises(RuntimeError, match="simulated"):
         save_exported(extract_submodel(supernet, 0.5), 0.5, tokenizer, out)
@@ -186,10 +185,7 @@ def test_failed_save_leaves_no_half_written_directory(supernet, tokenizer, tmp_p
 def test_failure_while_swapping_in_keeps_previous_export(supernet, tokenizer, tmp_path, monkeypatch):
     """The last step (replacing the old export by the new one) must not lose the old one if it fails."""
     out = str(tmp_path / "export")
-    first = extract_submodel(supernet, 1.0)
-    save_exported(first, 1.0, tokenizer, out, inference_model=False)
-    batch = make_batch(seed=9)
-    first_logits = logits_of(first, batch)
+    batch, first_logits = _save_previous_export(supernet, tokenizer, out)
 
     real_replace, real_rename = os.replace, os.rename
     swaps = []

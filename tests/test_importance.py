@@ -17,22 +17,9 @@ import pytest
 from dynabert.importance import compute_importance
 from dynabert.models import tiny_bert
 from dynabert.reorder import importance_order, reorder_heads_and_neurons
-from tests.reference_bert import cross_entropy, model_weights, numpy_bert_logits
+from tests.reference_bert import cross_entropy, model_weights, numpy_bert_logits, random_batch
 
 EPS = 1e-4
-
-
-def make_batch(seed, b=4, t=8):
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(5, 64, size=(b, t)).astype(np.int64)
-    ids[:, 0] = 2
-    tt = np.zeros_like(ids)
-    tt[:, t // 2:] = 1
-    mask = np.ones((b, t), np.float32)
-    mask[1, t - 2:] = 0
-    mask[3, 4:] = 0
-    labels = rng.randint(0, 2, size=b).astype(np.int64)
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask, "labels": labels}
 
 
 def to_tensors(batch):
@@ -67,7 +54,7 @@ def fd_scale_grad(weights, config, batch, scaled):
 
 @pytest.fixture(scope="module")
 def batches():
-    return [make_batch(1), make_batch(2)]
+    return [random_batch(seed, b=4, t=8, padded_rows={1: -2, 3: 4}) for seed in (1, 2)]
 
 
 @pytest.fixture(scope="module")
