@@ -18,6 +18,9 @@ if the workaround stops working.
 10. The head count must follow the width; upstream does that only through the global patch of item 3.
    -> ``set_attention_heads`` sets ``num_heads`` on each attention instance of the supernet; Paddle's own
    MultiHeadAttention.forward then reshapes with it and keeps the 1/sqrt(head_dim) scale.
+11. (found here) ``layer_norm``'s gradient with respect to its *input* is wrong on Paddle 2.6.2 (CPU) when
+   its weight and bias have stop_gradient=True. -> never freeze LayerNorm parameters while gradients
+   flow through them (dynabert/importance.py freezes other weights to save time, not these).
 """
 import paddle
 import paddle.nn.functional as F
@@ -27,6 +30,7 @@ from paddleslim.nas.ofa.layers import SuperLayerNorm
 # (paddlenlp/transformers/model_outputs.py, to return hidden states); its BertModel depends on that, and it
 # keeps the mathematics. What we must never run under is PaddleSlim's replacement (defect 3).
 _NLP_UTILS = "paddleslim.nas.ofa.utils.nlp_utils"
+LAYER_NORM_FROZEN_GRAD = "layer_norm input gradient is wrong when its weight and bias are frozen (defect 11)"
 _WATCHED = (
     (paddle.nn.MultiHeadAttention, "forward"),
     (paddle.nn.TransformerEncoder, "forward"),

@@ -355,3 +355,30 @@ def test_whole_heads_rejects_fractional_heads():
         compat.whole_heads(0.3, 4)
     with pytest.raises(ValueError, match="whole number of heads"):
         compat.whole_heads(0.1, 4)  # rounds to 0 heads
+
+
+def test_layer_norm_input_gradient_with_frozen_parameters_is_still_wrong():
+    """Defect 11 (found by this project): on Paddle 2.6.2, freezing LayerNorm's weight and bias changes
+    the gradient with respect to its input. importance.py keeps them trainable because of it; this test
+    fails once Paddle fixes it (then the exception in importance.py can go)."""
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.randn(2, 3, 16).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.randn(16).astype("float32") + 1)
+    b = paddle.to_tensor(rng.randn(16).astype("float32"))
+    g = rng.randn(2, 3, 16)
+
+    def input_grad(frozen):
+        w.stop_gradient = b.stop_gradient = frozen
+        (F.layer_norm(x, [16], weight=w, bias=b, epsilon=1e-5) * paddle.to_tensor(g.astype("float32"))).sum().backward()
+        out = x.grad.numpy().copy()
+        x.clear_gradient()
+        return out
+
+    # Independent: d/dx of sum(g * (w * (x - mu) / sigma + b)) in float64.
+    xn, wn = x.numpy().astype(np.float64), w.numpy().astype(np.float64)
+    mu, var = xn.mean(-1, keepdims=True), xn.var(-1, keepdims=True)
+    inv = 1 / np.sqrt(var + 1e-5)
+    gy = g * wn
+    expected = inv * (gy - gy.mean(-1, keepdims=True) - (xn - mu) * inv ** 2 * (gy * (xn - mu)).mean(-1, keepdims=True))
+    np.testing.assert_allclose(input_grad(False), expected, atol=1e-4)  # trainable: correct
+    assert np.abs(input_grad(True) - expected).max() > 1e-2, compat.LAYER_NORM_FROZEN_GRAD  # frozen: wrong
