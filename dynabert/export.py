@@ -62,6 +62,11 @@ def parameter_count(model: paddle.nn.Layer) -> int:
     return int(sum(np.prod(p.shape) for p in model.parameters()))
 
 
+def encoder_parameter_count(model) -> int:
+    """The transformer blocks only: what the width shrinks (embeddings and classifier stay)."""
+    return parameter_count(model.bert.encoder)
+
+
 class _InferenceBert(paddle.nn.Layer):
     """Positional (input_ids, token_type_ids, attention_mask) -> logits, the inference model's signature."""
 
@@ -81,7 +86,8 @@ def save_exported(model: BertForSequenceClassification, width: float, tokenizer,
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         heads = model.bert.encoder.layers[0].self_attn.num_heads
-        meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model)}
+        meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model),
+                "encoder_parameters": encoder_parameter_count(model)}
         with open(os.path.join(tmp, EXPORT_META), "w") as f:
             json.dump(meta, f, indent=2)
         if inference_model:

@@ -22,7 +22,8 @@ from dynabert.config import DEFAULT_MODEL, Config
 from dynabert.data import encode, get_task, load_split
 from dynabert.errors import TrainingDiverged, UserError
 from dynabert.evaluation import evaluate
-from dynabert.export import extract_submodel, load_exported, parameter_count, save_exported
+from dynabert.export import (encoder_parameter_count, extract_submodel, load_exported, parameter_count,
+                             save_exported)
 from dynabert.importance import compute_importance
 from dynabert.io_utils import atomic_paddle_save, atomic_write_text
 from dynabert.metrics import main_metric_name
@@ -277,7 +278,8 @@ def export(cfg: Config, data: TaskData, comms: Collectives, log: RunLog) -> List
                             "compress stage first")
         model = load_exported(source)
         result = dev_metrics(lambda b: forward(model, b), data, cfg, comms)
-        meta = {"width": width, "parameters": parameter_count(model)}
+        meta = {"width": width, "parameters": parameter_count(model),
+                "encoder_parameters": encoder_parameter_count(model)}
         out = width_dir(os.path.join(cfg.run.out_dir, "export"), width)
         meta = comms.run_on_main(lambda: save_exported(model, width, _tokenizer_of(cfg), out,
                                                        inference_model=cfg.export.inference_model)) or meta
@@ -334,7 +336,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
         start = time.perf_counter()
         rows = export(cfg, data, comms, log)
         timings["export"] = time.perf_counter() - start
-        table = [{"width": r["width"], "parameters": r["parameters"], "metric": r["metrics"][metric]}
+        table = [{"width": r["width"], "parameters": r["parameters"], "encoder_parameters": r["encoder_parameters"],
+                  "metric": r["metrics"][metric]}
                  for r in rows]
         results["widths"] = rows
         teacher_value = teacher_metrics[metric] if teacher_metrics else None

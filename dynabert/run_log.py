@@ -54,12 +54,13 @@ def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = "
 
 
 def results_markdown(rows, teacher_metric: Optional[float], metric_name: str) -> str:
-    lines = [f"| width | parameters | dev {metric_name} | teacher {metric_name} | delta |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [f"| width | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} | delta |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         t = "" if teacher_metric is None else f"{teacher_metric:.4f}"
         d = "" if teacher_metric is None else f"{r['metric'] - teacher_metric:+.4f}"
-        lines.append(f"| {r['width']} | {r['parameters']:,} | {r['metric']:.4f} | {t} | {d} |")
+        lines.append(f"| {r['width']} | {r['parameters']:,} | {r['encoder_parameters']:,} | {r['metric']:.4f} "
+                     f"| {t} | {d} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,7 @@ def test_width_half_within_three_points_of_teacher(demo_run):
 
 def test_table_printed_and_models_exported(demo_run):
     out, results, stdout = demo_run
-    assert "| width | parameters | dev accuracy | teacher accuracy | delta |" in stdout
+    assert "| width | parameters | encoder parameters | dev accuracy | teacher accuracy | delta |" in stdout
     for row in results["widths"]:
         export = os.path.join(out, "export", f"width_{row['width']:g}")
         assert os.path.exists(os.path.join(export, "inference", "model.pdiparams"))

@@ -31,18 +31,24 @@ def logits_of(model, batch):
                      attention_mask=paddle.to_tensor(batch["attention_mask"])).numpy()
 
 
-def expected_parameters(config, width, num_classes=2):
-    """BERT parameter count by formula: embeddings, per block (kept heads, kept neurons), pooler, classifier."""
+def expected_encoder_parameters(config, width):
+    """Transformer blocks by formula: kept heads and kept neurons per block."""
     h, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     inner = round(width * heads) * (h // heads)
     ffn = int(width * config.intermediate_size)
-    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
     block = (3 * (h * inner + inner)      # q, k, v
              + inner * h + h              # out_proj
              + h * ffn + ffn              # linear1
              + ffn * h + h                # linear2
              + 4 * h)                     # norm1, norm2
-    return embeddings + layers * block + (h * h + h) + (h * num_classes + num_classes)
+    return layers * block
+
+
+def expected_parameters(config, width, num_classes=2):
+    """BERT parameter count by formula: embeddings, blocks, pooler, classifier."""
+    h = config.hidden_size
+    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
+    return embeddings + expected_encoder_parameters(config, width) + (h * h + h) + (h * num_classes + num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +118,8 @@ def exported(supernet, tokenizer, tmp_path_factory):
 
 def test_save_and_load_exported_round_trip(exported, teacher):
     sub, out, meta = exported
-    assert meta == {"width": 0.5, "num_heads": 2, "parameters": expected_parameters(teacher.config, 0.5)}
+    assert meta == {"width": 0.5, "num_heads": 2, "parameters": expected_parameters(teacher.config, 0.5),
+                    "encoder_parameters": expected_encoder_parameters(teacher.config, 0.5)}
     with open(os.path.join(out, export.EXPORT_META)) as f:
         assert json.load(f) == meta
     assert {"model_state.pdparams", "vocab.txt", export.EXPORT_META} <= set(os.listdir(out))

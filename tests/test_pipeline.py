@@ -51,7 +51,7 @@ def test_results_table_per_width(full_run):
     assert "accuracy" in results["teacher"]
     table = open(os.path.join(out, "results.md")).read()
     assert table.count("\n") == 6 and "| 0.5 |" in table
-    assert "| width | parameters | dev accuracy | teacher accuracy |" in done.stdout  # printed at the end
+    assert "| width | parameters | encoder parameters | dev accuracy | teacher accuracy |" in done.stdout  # printed at the end
     assert "built-in synthetic sentiment data (NOT GLUE" in done.stdout  # says which data it used
 
 
