@@ -1,0 +1,111 @@
+"""What the benchmarks run on, defined once: model, data, fixed batch, widths and loss weights.
+
+Full mode: the real pretrained MiniLM-L6-H384 (``dynabert.models.default_model_dir()``) with a 2-class
+classifier (seeded initialisation) and real SST-2 text from $GLUE_DIR, tokenised with MiniLM's vocabulary.
+Smoke mode: ``dynabert.models.tiny_bert`` and random token ids, so no file is needed.
+Import this only after the thread count is fixed (it imports paddle).
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import dynabert  # noqa: F401  (zlib before paddle)
+import numpy as np
+import paddle
+
+from dynabert import models
+from dynabert.data import Feature, collate, encode, load_split
+
+WIDTHS = (1.0, 0.75, 0.5, 0.25)   # the tutorial's width_mult_list, largest first
+LAMBDA_DISTILL = 0.1              # DistillConfig(lambda_distill=0.1) in the tutorial
+LAMBDA_LOGIT = 0.1                # lambda_logit = 0.1 in the tutorial (and the project's default)
+SEED = 0
+SMOKE_VOCAB = 64
+
+
+@dataclass
+class Workload:
+    smoke: bool
+    model_dir: Optional[str]
+    train: List[Feature]
+    dev: List[Feature]
+    pad_token_id: int
+    data_source: str
+    max_seq_len: int
+
+    @property
+    def model_name(self) -> str:
+        return "tiny_bert (2 layers, hidden 16, 4 heads; random weights)" if self.smoke else \
+            "MiniLM-L6-H384 (all-MiniLM-L6-v2 pretrained weights, 6 layers, hidden 384, 12 heads, FFN 1536)"
+
+
+def default_glue_dir() -> Optional[str]:
+    """$GLUE_DIR, else the shared data directory next to the project (what the Makefile exports)."""
+    env = os.environ.get("GLUE_DIR")
+    if env:
+        return env
+    guess = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
+    return guess if os.path.isdir(os.path.join(guess, "SST-2")) else None
+
+
+def _random_features(n: int, rng: np.random.RandomState, max_len: int) -> List[Feature]:
+    out = []
+    for _ in range(n):
+        length = int(rng.randint(4, max_len + 1))
+        ids = [2] + rng.randint(5, SMOKE_VOCAB, size=length - 2).tolist() + [3]
+        out.append(Feature(ids, [0] * length, int(rng.randint(0, 2))))
+    return out
+
+
+def load_workload(smoke: bool, train_limit: int = 4096, dev_limit: Optional[int] = None,
+                  max_seq_len: int = 64) -> Workload:
+    if smoke:
+        rng = np.random.RandomState(SEED)
+        return Workload(True, None, _random_features(256, rng, 30), _random_features(64, rng, 30), 0,
+                        "random token ids (smoke mode)", max_seq_len)
+    model_dir = models.default_model_dir()
+    tokenizer = models.load_tokenizer(model_dir)
+    glue_dir = default_glue_dir()
+    train, src_train = load_split("sst-2", "train", glue_dir, train_limit, allow_download=False)
+    dev, src_dev = load_split("sst-2", "dev", glue_dir, dev_limit, allow_download=False)
+    return Workload(False, model_dir, encode(train, tokenizer, max_seq_len), encode(dev, tokenizer, max_seq_len),
+                    tokenizer.pad_token_id, f"train: {src_train}; dev: {src_dev}", max_seq_len)
+
+
+def new_teacher(w: Workload, state: Optional[Dict] = None) -> paddle.nn.Layer:
+    """A fresh teacher instance (eval mode); ``state`` (e.g. the reordered weights) replaces its weights."""
+    if w.smoke:
+        model = models.tiny_bert(num_classes=2, seed=SEED, vocab_size=SMOKE_VOCAB)
+    else:
+        model = models.load_model(w.model_dir, 2, dropout=None, seed=SEED)
+    if state is not None:
+        model.set_state_dict(state)
+    model.eval()
+    return model
+
+
+def fixed_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
+                world_size: int = 1) -> Dict[str, np.ndarray]:
+    """This rank's slice of one fixed global batch: ``global_batch`` training rows (a seeded draw),
+    every row padded to ``seq_len`` tokens."""
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} does not divide among {world_size} ranks")
+    rows = np.random.RandomState(SEED).permutation(len(w.train))[:global_batch]
+    local = global_batch // world_size
+    mine = rows[rank * local:(rank + 1) * local]
+    return collate([w.train[i] for i in mine], w.pad_token_id, pad_to=seq_len)
+
+
+def save_state(model: paddle.nn.Layer, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    paddle.save({k: v.numpy() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str) -> Dict[str, np.ndarray]:
+    return paddle.load(path, return_numpy=True)
+
+
+def parameter_bytes(params) -> int:
+    return int(sum(int(np.prod(p.shape)) * p.element_size() for p in params))

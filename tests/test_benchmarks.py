@@ -1,0 +1,216 @@
+"""The benchmark suite's smoke mode, its GPU command building and the scale model's formula.
+
+One ``python -m benchmarks.run_all --smoke`` run (tiny BERT, 1-2 steps per benchmark, ~35 s on 2 cores)
+feeds the file checks. Smoke numbers say nothing about speed; what is checked is that every benchmark
+runs, writes sane files, counts exactly 1 vs 4 all-reduces per step and finds the project and the
+reference identical at step 0.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench_smoke"))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--out", out], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=170)
+    if done.returncode != 0:
+        logs = ""
+        log_dir = os.path.join(out, "logs")
+        if os.path.isdir(log_dir):
+            logs = "".join(f"\n--- {f}\n" + open(os.path.join(log_dir, f)).read()[-2500:]
+                           for f in sorted(os.listdir(log_dir)))
+        pytest.fail(f"run_all --smoke failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}{logs}")
+    return out
+
+
+def _json(out, name):
+    with open(os.path.join(out, f"{name}.json")) as f:
+        return json.load(f)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_every_result_file_is_written(smoke):
+    for name in ("summary", "step_time_1proc", "step_time_2proc", "importance", "memory", "latency", "scale_model"):
+        assert os.path.getsize(os.path.join(smoke, f"{name}.json")) > 0, name
+        md = open(os.path.join(smoke, f"{name}.md")).read()
+        assert md.startswith("# "), name
+    for png in ("latency.png", "step_time.png"):
+        with open(os.path.join(smoke, png), "rb") as f:
+            assert f.read(8) == PNG_MAGIC, png
+    summary = _json(smoke, "summary")
+    assert summary["smoke"] is True
+    assert all(s["ok"] for s in summary["stages"]), summary["stages"]
+
+
+def test_results_carry_machine_threads_and_commit(smoke):
+    for name in ("step_time_1proc", "step_time_2proc", "importance", "latency", "memory", "scale_model"):
+        m = _json(smoke, name)["machine"]
+        assert m["cpu_model"] and m["cpus_available"] >= 1, name
+        assert m["paddle"].startswith("paddlepaddle"), name
+        assert "git_commit" in m and "threads" in m, name
+        assert "git commit" in open(os.path.join(smoke, f"{name}.md")).read(), name
+    one, two = _json(smoke, "step_time_1proc"), _json(smoke, "step_time_2proc")
+    cpus = one["machine"]["cpus_available"]
+    assert one["processes"] == 1 and one["threads_per_process"] == cpus
+    assert one["machine"]["threads"]["OMP_NUM_THREADS"] == one["machine"]["threads"]["MKL_NUM_THREADS"] == str(cpus)
+    assert two["processes"] == 2 and two["threads_per_process"] == max(1, cpus // 2)
+
+
+def test_step_time_ratios_and_throughput_are_sane(smoke):
+    for name in ("step_time_1proc", "step_time_2proc"):
+        r = _json(smoke, name)
+        assert _positive(r["ratio_project_over_reference"]), name
+        assert _positive(r["ratio_dynamic"]), name
+        assert len(r["pair_ratios"]) == r["repeats"] and all(_positive(x) for x in r["pair_ratios"]), name
+        for side in ("project", "reference"):
+            s = r[side]
+            assert len(s["step_seconds"]) == r["repeats"] == 2
+            assert all(_positive(x) for x in s["step_seconds"])
+            assert _positive(s["samples_per_s_fixed"]) and _positive(s["dynamic"]["tokens_per_s"])
+            assert set(s["median_width_seconds"]) == {"1.0", "0.75", "0.5", "0.25"}
+        # A and B alternate: project and reference rows interleave on the same batches
+        assert [x["phase"] for x in r["project"]["steps"]] == [x["phase"] for x in r["reference"]["steps"]]
+    summary = _json(smoke, "summary")
+    assert _positive(summary["scaling"]["throughput_ratio_fixed_batch"]["project"])
+
+
+def test_all_reduces_per_step_are_exactly_one_versus_four(smoke):
+    r = _json(smoke, "step_time_2proc")
+    ar, nbytes = r["allreduce"], r["param_bytes"]
+    assert ar["counted_steps"] >= 3
+    assert ar["project_calls_per_step"] == [1]
+    assert ar["reference_calls_per_step"] == [4]
+    assert ar["project_bytes_per_step"] == [nbytes]
+    assert ar["reference_bytes_per_step"] == [4 * nbytes]
+    one = _json(smoke, "step_time_1proc")["allreduce"]
+    assert one["project_calls_per_step"] == one["reference_calls_per_step"] == [0]  # one process: none
+
+
+def test_step0_equivalence_passed(smoke):
+    for name in ("step_time_1proc", "step_time_2proc"):
+        eq = _json(smoke, name)["equivalence"]
+        assert eq["passed"], name
+        for rank in eq["per_rank"]:
+            assert rank["loss_max_abs_diff"] <= 1e-5 and rank["grad_max_abs_diff"] <= 1e-5
+            assert set(rank["loss_terms"]) == {"1.0", "0.75", "0.5", "0.25"}
+            assert rank["grad_max_abs"] > 0  # gradients were really compared
+            assert not rank["grad_mismatched_names"]
+
+
+def test_importance_memory_latency_are_sane(smoke):
+    imp = _json(smoke, "importance")
+    assert _positive(imp["importance_over_eval"]) and _positive(imp["eval_pass_median_seconds"])
+    mem = _json(smoke, "memory")
+    for side in ("project", "reference"):
+        assert mem[side]["peak_rss_bytes"] >= mem[side]["rss_after_build_bytes"] > 0
+    assert _positive(mem["peak_ratio_project_over_reference"])
+    lat = _json(smoke, "latency")
+    assert [r["width"] for r in lat["rows"]] == [1.0, 0.75, 0.5, 0.25]
+    for row in lat["rows"]:
+        assert row["max_abs_diff_vs_supernet"] < 1e-4  # the exported model computes the supernet's width
+        for b in ("1", "32"):
+            assert _positive(row["latency"][b]["median_seconds"]) and _positive(row["ratio_to_full"][b])
+    assert lat["rows"][0]["ratio_to_full"] == {"1": 1.0, "32": 1.0}
+    assert [r["heads"] for r in lat["rows"]] == [4, 3, 2, 1]
+
+
+def test_scale_model_is_labelled_and_recomputable(smoke):
+    from benchmarks import scale_model as sm
+
+    res = _json(smoke, "scale_model")
+    assert "PROJECTIONS, NOT MEASUREMENTS" in open(os.path.join(smoke, "scale_model.md")).read()
+    rows = res["projection"]["rows"]
+    assert [(r["nodes"], r["inter_node_Gbps"]) for r in rows] == \
+        [(1, None)] + [(n, g) for n in (2, 4, 8) for g in (25, 100, 400)]
+    assert res["measured_inputs"]["allreduces_per_step"]["project"] == 1
+    assert res["measured_inputs"]["allreduces_per_step"]["reference"] == 4
+    for r in rows:
+        assert r["reference_step_seconds"] > r["project_step_seconds"] > 0
+
+
+def test_scale_model_formula_by_hand():
+    from benchmarks import scale_model as sm
+
+    # one cell: 4 nodes x 8 GPUs, 100 Gb/s between nodes, NVLink 230 GB/s, 440 MB of fp32 gradients
+    S, nvlink, inter = 110e6 * 4, 230e9, 100e9 / 8
+    by_hand = 2 * 7 / 8 * S / nvlink + 2 * 3 / 4 * S / inter
+    assert sm.hierarchical_allreduce_seconds(S, 8, 4, nvlink, inter) == pytest.approx(by_hand, rel=1e-12)
+    assert sm.ring_allreduce_seconds(S, 1, inter) == 0.0
+    assert sm.hierarchical_allreduce_seconds(S, 8, 1, nvlink, inter) == pytest.approx(2 * 7 / 8 * S / nvlink)
+
+    # the step time of that cell, from given fractions, against the same hand computation
+    fractions = {"project": {"total": 3.0}, "reference": {"total": 4.5}}
+    args = SimpleNamespace(per_gpu_batch=32, seq=128, gpu_peak_tflops=312.0, gpu_utilisation=0.4, params=110e6,
+                           grad_bytes_per_param=4, hbm_TBps=1.555, gpus_per_node=8, nvlink_GBps=230.0)
+    table = sm.project_table(fractions, {"project": 1, "reference": 4}, args)
+    cell = next(r for r in table["rows"] if r["nodes"] == 4 and r["inter_node_Gbps"] == 100)
+    flops = 3 * 12 * (8 * 768 ** 2 + 4 * 128 * 768 + 4 * 768 * 3072) * 32 * 128
+    unit = flops / (312e12 * 0.4)
+    opt = 110e6 * 28 / 1.555e12
+    fusion = 4 * S / 1.555e12
+    assert cell["allreduce_seconds"] == pytest.approx(by_hand)
+    assert cell["project_step_seconds"] == pytest.approx(3.0 * unit + opt + fusion + by_hand)
+    assert cell["reference_step_seconds"] == pytest.approx(4.5 * unit + opt + 4 * by_hand)
+    assert cell["gpus"] == 32
+    assert cell["project_samples_per_s"] == pytest.approx(32 * 32 / cell["project_step_seconds"])
+
+
+def test_gpu_bench_script_is_valid_bash():
+    path = os.path.join(ROOT, "benchmarks", "gpu_bench.sh")
+    done = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    head = open(path).read(1500)
+    assert "CANNOT BE RUN" in head  # says at the top that it was not run here
+
+
+def test_gpu_commands_are_built_for_gpus():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--device", "gpu", "--gpus", "4",
+                           "--dry-run"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    stages = {s["name"]: s for s in json.loads(done.stdout)}
+    assert set(stages) == {"importance", "step_1proc", "step_4proc", "memory_project", "memory_reference",
+                           "latency", "scale_model"}
+    launch = stages["step_4proc"]["argv"]
+    assert launch[1:3] == ["-m", "paddle.distributed.launch"]
+    assert launch[launch.index("--nproc_per_node") + 1] == "4"
+    assert launch[launch.index("--devices") + 1] == "0,1,2,3"
+    worker = launch[launch.index("benchmarks.step_time") - 1:]
+    assert worker[worker.index("--device") + 1] == "gpu"
+    assert worker[worker.index("--global-batch") + 1] == "128"  # 32 per GPU
+    assert stages["step_4proc"]["device_env"].get("PADDLE_DISTRI_BACKEND") != "gloo"
+    for name in ("importance", "step_1proc", "memory_project", "latency"):
+        argv = stages[name]["argv"]
+        assert argv[argv.index("--device") + 1] == "gpu", name
+
+
+def test_cpu_plan_uses_two_single_thread_processes():
+    from benchmarks.run_all import build_plan, parse_args
+
+    plan = {s.name: s for s in build_plan(parse_args([]), base_env={"PATH": "/usr/bin"}, cpu_count=2)}
+    two = plan["step_2proc"]
+    assert two.processes == 2 and two.threads == 1
+    assert two.env["OMP_NUM_THREADS"] == two.env["MKL_NUM_THREADS"] == "1"
+    assert two.env["PADDLE_DISTRI_BACKEND"] == "gloo"
+    assert two.argv[two.argv.index("--global-batch") + 1] == "32"  # 16 per rank
+    one = plan["step_1proc"]
+    assert one.threads == 2 and one.env["OMP_NUM_THREADS"] == one.env["MKL_NUM_THREADS"] == "2"
