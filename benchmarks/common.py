@@ -13,6 +13,8 @@ import time
 from importlib import metadata
 from typing import Dict, Iterable, List, Optional
 
+from dynabert.io_utils import atomic_write_text  # no paddle import: safe before set_threads
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -25,6 +27,14 @@ def set_threads(n: int) -> None:
                            "count once, at import)")
     for var in THREAD_VARS:
         os.environ[var] = str(int(n))
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """--threads N, else OMP_NUM_THREADS, else every CPU; must run before paddle is imported."""
+    if threads:
+        set_threads(threads)
+    else:
+        threads_from_env(available_cpus())
 
 
 def threads_from_env(default: int) -> int:
@@ -152,16 +162,8 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: str, data) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(obj):
@@ -177,7 +179,7 @@ def write_result(out_dir: str, name: str, data: dict, markdown: str) -> None:
     write_json(os.path.join(out_dir, f"{name}.json"), data)
     machine = data.get("machine") or {}
     footer = "\n\n" + machine_markdown(machine) if machine else ""
-    _atomic_write(os.path.join(out_dir, f"{name}.md"), markdown.rstrip() + footer + "\n")
+    atomic_write_text(os.path.join(out_dir, f"{name}.md"), markdown.rstrip() + footer + "\n")
 
 
 def machine_markdown(m: dict) -> str:

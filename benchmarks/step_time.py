@@ -48,10 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        common.set_threads(args.threads)
-    else:
-        common.threads_from_env(common.available_cpus())
+    common.apply_threads(args.threads)
     run(args)
 
 
