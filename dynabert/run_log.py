@@ -49,8 +49,12 @@ class RunLog:
 def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = ""):
     if not enabled:
         return iterable
+    import sys
+
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+    # Under the launcher rank 0 writes to a log file that is tailed to the terminal: update it rarely.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=interval)
 
 
 def results_markdown(rows, teacher_metric: Optional[float], metric_name: str) -> str:
