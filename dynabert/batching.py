@@ -14,9 +14,13 @@ from dynabert.data import collate
 from dynabert.errors import UserError
 
 
-def local_batch_size(global_batch: int, world_size: int, key: str) -> int:
+def local_batch_size(num_examples: int, global_batch: int, world_size: int, key: str) -> int:
+    """This rank's share of a global batch; the batch must split evenly and fit in the data."""
     if global_batch % world_size:
         raise UserError(f"{key}: global batch size {global_batch} does not divide among {world_size} workers")
+    if num_examples < global_batch:
+        raise UserError(f"{key}: the training set has {num_examples} examples, fewer than one global "
+                        f"batch of {global_batch}")
     return global_batch // world_size
 
 
@@ -33,12 +37,9 @@ class GlobalBatches:
         self.features = features
         self.group_by_length = group_by_length
         self.global_batch = global_batch
-        self.local_batch = local_batch_size(global_batch, world_size, key)
+        self.local_batch = local_batch_size(len(features), global_batch, world_size, key)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.pad_token_id, self.pad_to = pad_token_id, pad_to
-        if len(features) < global_batch:
-            raise UserError(f"{key}: the training set has {len(features)} examples, fewer than one global "
-                            f"batch of {global_batch}")
 
     def __len__(self) -> int:
         return len(self.features) // self.global_batch

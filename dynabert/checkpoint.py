@@ -151,10 +151,15 @@ def latest_checkpoint(root: str, log=print) -> Optional[Checkpoint]:
         if problem:
             log(f"skipping checkpoint {path}: {problem}")
             continue
-        with open(os.path.join(path, STATE)) as f:
-            state = json.load(f)
-        return Checkpoint(path, Position(**state["position"]), state["extra"], state["fingerprint"])
+        return load_checkpoint(path)
     return None
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """A checkpoint directory that ``verify`` accepted."""
+    with open(os.path.join(path, STATE)) as f:
+        state = json.load(f)
+    return Checkpoint(os.path.abspath(path), Position(**state["position"]), state["extra"], state["fingerprint"])
 
 
 def check_compatible(saved: dict, current: dict, path: str) -> None:

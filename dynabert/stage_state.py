@@ -5,7 +5,7 @@ import os
 import shutil
 from typing import Optional
 
-from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, verify
+from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, load_checkpoint, verify
 from dynabert.collectives import Collectives
 from dynabert.config import Config, model_fingerprint
 from dynabert.errors import UserError
@@ -30,16 +30,11 @@ def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collecti
     checkpoint = None
     if resume == "auto":
         checkpoint = latest_checkpoint(root, log.info)
-    elif resume:
-        if os.path.basename(os.path.dirname(os.path.abspath(resume))) != stage:
-            return resume_point(cfg, stage, None, comms, log)  # an explicit checkpoint of another stage
-        problem = verify(resume)
+    elif resume and os.path.basename(os.path.dirname(os.path.abspath(resume))) == stage:
+        problem = verify(resume)  # an explicit checkpoint of this stage (one of another stage: fresh start)
         if problem:
             raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
-        checkpoint = latest_checkpoint(os.path.dirname(os.path.abspath(resume)), log.info)
-        checkpoint = checkpoint if checkpoint and checkpoint.path == os.path.abspath(resume) else None
-        if checkpoint is None:
-            raise UserError(f"--resume {resume}: only the newest complete checkpoint can be resumed")
+        checkpoint = load_checkpoint(resume)
     if checkpoint is not None:
         check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
         log.info(f"{stage}: resuming from {checkpoint.path}")

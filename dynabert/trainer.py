@@ -45,10 +45,6 @@ class Throughput:
     tokens: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> Dict[str, float]:
-        s = max(self.seconds, 1e-9)
-        return {"samples_per_s": self.samples / s, "tokens_per_s": self.tokens / s}
-
 
 @dataclass
 class TrainResult:

@@ -176,3 +176,24 @@ def test_keeps_the_last_k_and_never_lists_temporary_dirs(tmp_path):
 def test_only_the_main_rank_writes(tmp_path):
     ck = Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=2, is_main=False, fingerprint={})
     assert _save(ck, 1) is None and not os.listdir(tmp_path)
+
+
+def test_explicit_resume_path_loads_that_checkpoint(tmp_path):
+    from dynabert.collectives import SingleProcess
+    from dynabert.config import model_fingerprint
+    from dynabert.errors import UserError
+    from dynabert.run_log import RunLog
+    from dynabert.stage_state import resume_point
+    from launcher.config import load_config
+
+    cfg = load_config(TINY, [f"run.out_dir={tmp_path}"])
+    root = tmp_path / "checkpoints" / "compress"
+    ck = Checkpointer(str(root), every_steps=1, every_minutes=0, keep=5, is_main=True,
+                      fingerprint={**model_fingerprint(cfg), "stage": "compress"})
+    older, newer = _save(ck, 3), _save(ck, 4)
+    log = RunLog("", enabled=False)
+    assert resume_point(cfg, "compress", older, SingleProcess(), log).position.step == 3  # not only the newest
+    assert resume_point(cfg, "compress", newer, SingleProcess(), log).extra == {"best": 4}
+    os.remove(os.path.join(older, MANIFEST))
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        resume_point(cfg, "compress", older, SingleProcess(), log)
