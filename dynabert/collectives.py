@@ -35,6 +35,9 @@ class Collectives:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def shutdown(self) -> None:
+        """Leave the process group together, before the interpreter tears it down."""
+
     def run_on_main(self, fn: Callable[[], T]) -> Optional[T]:
         """Rank 0 runs ``fn`` (long, rank-0-only work such as importance); the others wait for it to
         finish without sitting inside a collective. Returns fn's result on rank 0, None elsewhere."""

@@ -74,6 +74,12 @@ class PaddleCollectives(Collectives):
     def barrier(self) -> None:
         dist.barrier()
 
+    def shutdown(self) -> None:
+        """A barrier, then an explicit destroy: a rank whose peer had already exited was seen to abort
+        (SIGABRT, no message) while the interpreter tore gloo down, after finishing its work."""
+        dist.barrier()
+        dist.destroy_process_group()
+
     def run_on_main(self, fn):
         """Gloo (CPU) gives up on a collective after 30 s (gloo's default, not configurable through Paddle
         2.6's ProcessGroupGloo), and rank-0-only work such as importance takes longer. So the other ranks

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
         paddlenlp_logger.set_level("WARNING")  # its INFO lines ("Configuration saved in ...") drown ours
         comms = init_collectives()
         run(cfg, comms, config_text=dump_config(cfg), resume=args.resume)
+        comms.shutdown()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
