@@ -5,12 +5,16 @@ VENV ?= .venv
 PADDLE ?= paddlepaddle
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -q -ra
+# Test tiers by marker (registered in tests/conftest.py); together they are the whole suite.
+FAST := "not e2e and not dist"
+SLOW := "e2e or dist"
 # Real GLUE data beside the checkout (as in CI) when it exists; otherwise the pipeline falls back to
 # PaddleNLP's download, then to its built-in synthetic set.
 GLUE_DIR ?= $(wildcard $(abspath ../shared/data/glue))
 export GLUE_DIR
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo lint test test-fast test-slow bench clean
 
 venv: $(STAMP)
 
@@ -26,12 +30,25 @@ $(STAMP): constraints.txt setup.py
 demo: venv
 	$(VENV)/bin/dynabert-launch --config configs/demo.yaml --nproc_per_node 2
 
-test: venv
-	$(PY) -m pytest -q -ra tests
+# Configuration in pyproject.toml; ruff is pinned in constraints.txt.
+lint: venv
+	$(VENV)/bin/ruff check .
 
-# Unit tests only (tiny random BERT), a few seconds.
+# Everything, cheapest first, so that a broken import or a lint error fails in seconds, not after the
+# multi-process runs: lint, then the fast tier, then the tests that start processes or train MiniLM.
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PYTEST) -m $(FAST) tests
+	$(PYTEST) -m $(SLOW) tests
+
+# In-process tests on a tiny random BERT (no subprocess, no multi-process, no MiniLM training): under a
+# minute on 2 cores.
 test-fast: venv
-	$(PY) -m pytest -q -m "not e2e and not dist" tests
+	$(PYTEST) -m $(FAST) tests
+
+# The rest: tests marked dist (they start processes, including 2-process gloo runs) or e2e (MiniLM on SST-2).
+test-slow: venv
+	$(PYTEST) -m $(SLOW) tests
 
 bench: venv
 	$(PY) -m benchmarks.run_all

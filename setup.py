@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Compress fine-tuned BERT models with DynaBERT width adaptation on PaddlePaddle, data-parallel",
     packages=find_packages(include=["dynabert", "dynabert.*", "launcher", "launcher.*", "tools", "tools.*"]),
-    python_requires=">=3.9,<3.12",
+    python_requires=">=3.10,<3.12"  # tested on 3.11; dynabert/data.py uses 3.10 syntax,
     install_requires=[
         f"{paddle}==2.6.2",
         "paddlenlp==2.8.1",
@@ -23,7 +23,10 @@ setup(
         "tqdm",
         "matplotlib",
         "psutil",
+        # dynabert/metrics.py: Matthews correlation, F1 (scikit-learn), Pearson/Spearman (scipy)
+        "scikit-learn",
+        "scipy",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
     entry_points={"console_scripts": ["dynabert-launch=launcher.cli:main"]},
 )

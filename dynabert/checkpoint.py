@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import paddle
@@ -92,7 +93,11 @@ def checkpoint_bytes_estimate(num_params: int) -> int:
 
 
 class Checkpointer:
-    """Decides when to save (every N steps and/or M minutes), saves on the main rank, keeps the last K."""
+    """Decides when to save (every N steps and/or M minutes), saves on the main rank, keeps the last K.
+
+    Only rank 0 copies the state to host memory; the files are then written by a background thread
+    (one write at a time: the next checkpoint first waits for the previous one), so no rank waits in a
+    collective while a large checkpoint is being written."""
 
     def __init__(self, root: str, every_steps: int, every_minutes: float, keep: int, is_main: bool,
                  fingerprint: dict):
@@ -100,6 +105,8 @@ class Checkpointer:
         self.keep, self.is_main, self.fingerprint = keep, is_main, fingerprint
         self.arrays: Dict[str, np.ndarray] = {}  # stage data saved with every checkpoint (importance)
         self._last_time = time.monotonic()
+        self._writer: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
 
     @property
     def enabled(self) -> bool:
@@ -111,29 +118,64 @@ class Checkpointer:
             return True
         return bool(self.every_minutes) and time.monotonic() - self._last_time >= 60 * self.every_minutes
 
-    def save(self, position: Position, model_state: dict, optimizer_state: dict, extra: dict) -> Optional[str]:
+    def save(self, position: Position, model_state: Callable[[], dict], optimizer_state: Callable[[], dict],
+             extra: dict) -> Optional[str]:
+        """``model_state``/``optimizer_state`` are called on rank 0 only. Returns the final path of the
+        checkpoint being written (complete once ``wait`` returns or the next save starts)."""
         self._last_time = time.monotonic()
         if not self.is_main:
             return None
+        self.wait()
         final = os.path.join(self.root, f"step_{position.step:08d}")
-        with atomic_directory(final) as tmp:
-            paddle.save(model_state, os.path.join(tmp, MODEL))
-            paddle.save(optimizer_state, os.path.join(tmp, OPTIMIZER))
-            if self.arrays:
-                np.savez(os.path.join(tmp, ARRAYS), **self.arrays)
-            with open(os.path.join(tmp, STATE), "w") as f:
-                json.dump({"position": asdict(position), "extra": extra, "fingerprint": self.fingerprint},
-                          f, indent=2)
-            files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
-                     for n in sorted(os.listdir(tmp))}
-            with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: its presence means complete
-                json.dump({"files": files}, f, indent=2)
-        self._prune()
+        # Host copies now: training goes on and changes the device tensors in place.
+        model, optimizer = _to_host(model_state()), _to_host(optimizer_state())
+        state = {"position": asdict(position), "extra": extra, "fingerprint": self.fingerprint}
+        self._writer = threading.Thread(target=self._write, args=(final, model, optimizer, dict(self.arrays), state),
+                                        name="checkpoint-writer", daemon=True)
+        self._writer.start()
         return final
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written is complete; re-raise its error, if any."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(self, final: str, model: dict, optimizer: dict, arrays: dict, state: dict) -> None:
+        try:
+            write_delay = float(os.environ.get("DYNABERT_TEST_CHECKPOINT_WRITE_DELAY", "0"))  # tests only
+            with atomic_directory(final) as tmp:
+                paddle.save(model, os.path.join(tmp, MODEL))
+                paddle.save(optimizer, os.path.join(tmp, OPTIMIZER))
+                if arrays:
+                    np.savez(os.path.join(tmp, ARRAYS), **arrays)
+                with open(os.path.join(tmp, STATE), "w") as f:
+                    json.dump(state, f, indent=2)
+                if write_delay:
+                    time.sleep(write_delay)  # simulates a slow filesystem; the others must train on
+                files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
+                         for n in sorted(os.listdir(tmp))}
+                with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: its presence means complete
+                    json.dump({"files": files}, f, indent=2)
+            self._prune()
+        except BaseException as e:  # surfaced by wait() on the training thread
+            self._error = e
 
     def _prune(self) -> None:
         for old in list_checkpoints(self.root)[:-self.keep] if self.keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _to_host(state):
+    """Nested dicts of tensors -> the same structure of NumPy arrays (copies)."""
+    if isinstance(state, dict):
+        return {k: _to_host(v) for k, v in state.items()}
+    if isinstance(state, paddle.Tensor):
+        return state.numpy()
+    return state
 
 
 def list_checkpoints(root: str) -> List[str]:

@@ -1,7 +1,7 @@
 """Workarounds for defects of paddlepaddle 2.6.2 + paddlenlp 2.8.1 + paddleslim 2.6.0, all in one place.
 
 Each workaround is local to the model instances we build; nothing here replaces a method on a Paddle,
-PaddleNLP or PaddleSlim class. Numbers refer to ../shared/notes/environment.md. tests/test_compat.py pins
+PaddleNLP or PaddleSlim class. Numbers refer to docs/upstream-defects.md. tests/test_compat.py pins
 each one with a test that fails if the defect disappears upstream (so the workaround can be dropped) or
 if the workaround stops working.
 

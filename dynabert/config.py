@@ -39,6 +39,11 @@ class DataConfig:
     group_by_length: bool = True
     # Try PaddleNLP's GLUE download when GLUE_DIR has no copy of the task.
     allow_download: bool = True
+    # What importance and checkpoint selection look at. "validation": a split of `validation_rows`
+    # training rows drawn with run.seed and never trained on, so dev is only read for the reported
+    # table. "dev": the tutorial's protocol (importance and selection on dev; the table is optimistic).
+    select_on: str = "validation"
+    validation_rows: int = 1000
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,12 @@ class CompressConfig:
     widths: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     lambda_distill: float = 0.1
     lambda_logit: float = 0.1
-    # Use only the first N dev batches for importance (None: the whole dev set).
+    # Use only the first N batches of the selection split for importance (None: all of it).
     importance_batches: Optional[int] = None
+    # "supernet": keep the one training step with the best mean selection metric over all widths, and cut
+    # every exported width from that supernet (DynaBERT's promise). "per_width": each width keeps its own
+    # best step (the widths may then come from different supernets).
+    select: str = "supernet"
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3.0, learning_rate=2e-5))
 
 
@@ -93,6 +102,9 @@ class RunConfig:
     on_nonfinite: str = "stop"
     # fp32, or fp16 / bf16 mixed precision (GPU only; see dynabert/precision.py).
     precision: str = "fp32"
+    # Stop (exit 3) after this many optimizer steps in a row were skipped for non-finite gradients: with
+    # on_nonfinite=skip, or under fp16, whose loss scaling skips steps as a matter of course.
+    max_consecutive_skips: int = 50
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,12 @@ def validate(cfg: "Config") -> None:
     _check(cfg.data.max_seq_len >= 8, "data.max_seq_len", f"must be >= 8, got {cfg.data.max_seq_len}")
     _check(cfg.data.padding in ("dynamic", "max_length"), "data.padding",
            f"must be 'dynamic' or 'max_length', got {cfg.data.padding!r}")
+    _check(cfg.data.select_on in ("validation", "dev"), "data.select_on",
+           f"must be 'validation' or 'dev', got {cfg.data.select_on!r}")
+    _check(cfg.data.validation_rows >= 1, "data.validation_rows", f"must be >= 1, got {cfg.data.validation_rows}")
+    _check(cfg.compress.select in ("supernet", "per_width"), "compress.select",
+           f"must be 'supernet' or 'per_width', got {cfg.compress.select!r}")
+    _check(cfg.run.max_consecutive_skips >= 1, "run.max_consecutive_skips", "must be >= 1")
     for key in ("train_limit", "dev_limit"):
         value = getattr(cfg.data, key)
         _check(value is None or value >= 1, f"data.{key}", "must be >= 1 or null")
@@ -170,4 +188,7 @@ def validate(cfg: "Config") -> None:
 def model_fingerprint(cfg: "Config") -> dict:
     """The settings that shape the model: a checkpoint made under other values cannot be resumed."""
     return {"model.name_or_path": cfg.model.name_or_path, "model.teacher": cfg.model.teacher,
-            "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths)}
+            "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths),
+            # these decide which rows are trained on and what "best" means
+            "data.select_on": cfg.data.select_on, "data.validation_rows": cfg.data.validation_rows,
+            "compress.select": cfg.compress.select}

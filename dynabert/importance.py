@@ -3,11 +3,11 @@
 Head importance: |d loss / d m| summed over dev batches, where m is a ones mask multiplying each head's
 attention probabilities. Multiplying the probabilities of head h by m_h is the same as multiplying head
 h's slice of the attention context (the input of out_proj) by m_h, so the mask is applied by a forward
-pre-hook on each out_proj instance: no change to any class's forward (defect 4 of the notes).
+pre-hook on each out_proj instance: no change to any class's forward (defect 4 of docs/upstream-defects.md).
 
 Neuron importance of FFN neuron j: |sum_i W1[i,j] dW1[i,j] + b1[j] db1[j]| + |sum_k W2[j,k] dW2[j,k]|,
 summed over batches. Gradients are cleared after every batch (upstream sums the running, never-cleared
-gradient and leaves it in place for the first training step: defect 7).
+gradient and leaves it in place for the first training step: defect 7 of docs/upstream-defects.md).
 """
 from typing import Callable, Iterable, Tuple
 

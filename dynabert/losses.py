@@ -1,4 +1,8 @@
-"""Distillation losses, exactly as in the tutorial (so step 0 matches the upstream loop)."""
+"""Distillation losses: the tutorial's terms, with the hidden-state term averaged over real tokens only.
+
+The tutorial's MSE averages over every position, padding included, so with dynamic padding and
+length-grouped batches a sentence's loss depends on what it was batched with and ``lambda_distill``
+weighs batches differently. Without padding both are the same number."""
 from typing import Dict, List, Sequence
 
 import paddle
@@ -10,22 +14,30 @@ def soft_cross_entropy(logits: paddle.Tensor, target_logits: paddle.Tensor) -> p
     return -paddle.mean(paddle.sum(F.log_softmax(logits, axis=-1) * F.softmax(target_logits, axis=-1), axis=-1))
 
 
-def hidden_state_loss(student: Sequence[paddle.Tensor], teacher: Sequence[paddle.Tensor]) -> paddle.Tensor:
-    """Sum over mapped layers (embeddings, every block) of the element-mean squared error.
-    This is OFA.calc_distill_loss without lambda_distill."""
+def masked_mse(student: paddle.Tensor, teacher: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """Mean squared error over the real tokens of [B, L, H] states; ``mask`` [B, L] is 1 for tokens."""
+    weights = mask.astype(student.dtype).unsqueeze(-1)
+    squared = paddle.square(student - teacher) * weights
+    return squared.sum() / (weights.sum() * student.shape[-1])
+
+
+def hidden_state_loss(student: Sequence[paddle.Tensor], teacher: Sequence[paddle.Tensor],
+                      mask: paddle.Tensor) -> paddle.Tensor:
+    """Sum over mapped layers (embeddings, every block) of the mean squared error over real tokens.
+    Without padding this is OFA.calc_distill_loss without lambda_distill."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"captured {len(student)} student and {len(teacher)} teacher hidden states")
-    return paddle.add_n([F.mse_loss(s, t) for s, t in zip(student, teacher)])
+    return paddle.add_n([masked_mse(s, t, mask) for s, t in zip(student, teacher)])
 
 
 def distill_loss(student_hidden: List[paddle.Tensor], teacher_hidden: List[paddle.Tensor],
-                 student_logits: paddle.Tensor, teacher_logits: paddle.Tensor,
+                 student_logits: paddle.Tensor, teacher_logits: paddle.Tensor, *, attention_mask: paddle.Tensor,
                  lambda_distill: float, lambda_logit: float, regression: bool) -> Dict[str, paddle.Tensor]:
     """loss = lambda_distill * hidden MSE + lambda_logit * logit loss (soft CE; MSE for regression tasks,
     where a softmax over one output is meaningless)."""
-    rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden)
+    rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask)
     if regression:
-        logit = F.mse_loss(student_logits, teacher_logits)
+        logit = F.mse_loss(student_logits.astype("float32"), teacher_logits.astype("float32"))
     else:
         logit = soft_cross_entropy(student_logits, teacher_logits)
     return {"rep": rep, "logit": logit, "loss": rep + lambda_logit * logit}

@@ -10,6 +10,7 @@ same gradients on every rank, so every rank skips the same steps.
 """
 import contextlib
 
+import numpy as np
 import paddle
 
 from dynabert.errors import UserError
@@ -24,6 +25,8 @@ class Precision:
         if mode != "fp32" and not on_gpu():
             raise UserError(f"run.precision: {mode} needs a GPU (Paddle's AMP does not cast on CPU); "
                             "use fp32 on CPU")
+        if mode == "bf16":
+            check_bf16_capability(paddle.device.cuda.get_device_capability())
         self.mode = mode
         # Dynamic loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range.
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if mode == "fp16" else None
@@ -42,12 +45,39 @@ class Precision:
     def backward(self, loss: paddle.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, optimizer) -> None:
+    def unscale(self, optimizer) -> None:
+        """fp16: divide the gradients by the loss scale (and let the scaler note inf/NaN), so the caller's
+        finiteness verdict and the gradient clipping see true gradients."""
         if self.scaler is not None:
-            self.scaler.step(optimizer)  # unscales first, so gradient clipping sees true gradients
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer, finite: bool) -> None:
+        """Apply the update when ``finite``. fp16: the scaler skips a step with inf/NaN itself (the same
+        verdict: it checked the same all-reduced gradients) and always updates its scale."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
             self.scaler.update()
-        else:
+        elif finite:
             optimizer.step()
+
+    def state_dict(self) -> dict:
+        """The loss scale and its counters (JSON-able), so a resumed fp16 run keeps its scale."""
+        if self.scaler is None:
+            return {}
+        state = self.scaler.state_dict()
+        return {k: (float(np.asarray(v).reshape(-1)[0]) if k == "scale" else v) for k, v in state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict({**state, "scale": np.asarray([state["scale"]], dtype=np.float32)})
+
+
+def check_bf16_capability(capability) -> None:
+    """bf16 kernels need compute capability 8.0 (Ampere) or newer; below it Paddle silently runs fp32."""
+    major, minor = capability
+    if major < 8:
+        raise UserError(f"run.precision: bf16 needs a GPU of compute capability 8.0 or newer (this one is "
+                        f"{major}.{minor}); use fp16 or fp32")
 
 
 def on_gpu() -> bool:

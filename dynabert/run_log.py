@@ -57,8 +57,9 @@ def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = "
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=interval)
 
 
-def results_markdown(rows, teacher_metric: Optional[float], metric_name: str) -> str:
-    lines = [f"| width | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} | delta |",
+def results_markdown(rows, teacher_metric: Optional[float], metric_name: str, protocol: Optional[dict] = None) -> str:
+    lines = [f"Protocol: {protocol['description']}.", ""] if protocol else []
+    lines += [f"| width | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} | delta |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         t = "" if teacher_metric is None else f"{teacher_metric:.4f}"

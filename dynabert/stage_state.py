@@ -46,7 +46,8 @@ def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collecti
 
 
 def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
-    return Resume(checkpoint.position, checkpoint.optimizer_state()) if checkpoint else None
+    return (Resume(checkpoint.position, checkpoint.optimizer_state(), checkpoint.extra.get("precision"))
+            if checkpoint else None)
 
 
 def stage_done(cfg: Config, stage: str) -> Optional[dict]:

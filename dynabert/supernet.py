@@ -3,8 +3,8 @@
 Width w keeps the first round(w * heads) attention heads and the first int(w * ffn) FFN neurons of
 every transformer block; importance reordering (dynabert/importance.py) puts the important ones first.
 We use OFA only for what it is good at (the super layers and per-layer expand ratios). Its forward with
-a DistillConfig would run the teacher once per width and outside no_grad (defect 5), so the teacher
-runs separately, once per batch, in dynabert/train_step.py.
+a DistillConfig would run the teacher once per width and outside no_grad (defect 5, docs/upstream-defects.md), so
+the teacher runs separately, once per batch, in dynabert/train_step.py.
 """
 from typing import Dict, Iterable, List
 
@@ -29,11 +29,17 @@ def model_shape(model) -> Dict[str, int]:
 
 
 def check_widths(model, widths: Iterable[float], key: str = "compress.widths") -> None:
-    """Every width must keep whole heads and whole neurons, or the sliced shapes would not line up."""
+    """Every width must keep whole heads and whole neurons, or the sliced shapes would not line up.
+
+    OFA slices ``int(width * size)`` columns, so ``width * heads`` being within round-off of a whole
+    number is not enough: 0.3333333333 x 12 heads rounds to 4 heads, but int(0.3333333333 x 384) = 127
+    columns, not 128. Both must hold exactly."""
     shape = model_shape(model)
+    head_dim = shape["hidden"] // shape["heads"]
     for w in widths:
         heads = w * shape["heads"]
-        if round(heads) < 1 or abs(heads - round(heads)) > 1e-6:
+        whole = round(heads)
+        if whole < 1 or abs(heads - whole) > 1e-9 or int(w * shape["hidden"]) != whole * head_dim:
             raise UserError(f"{key}: width {w} x {shape['heads']} attention heads is not a whole number of "
                             f"heads; use multiples of 1/{shape['heads']}")
         if int(w * shape["ffn"]) < 1:
@@ -83,7 +89,7 @@ class Supernet:
 
     def __call__(self, input_ids, token_type_ids, attention_mask):
         # Always pass the mask: PaddleNLP builds a default one from pooler.dense.weight, which the
-        # supernet has wrapped as pooler.dense.fn.weight (defect 10).
+        # supernet has wrapped as pooler.dense.fn.weight (defect 10, docs/upstream-defects.md).
         return self.ofa(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
 
     def parameters(self) -> List[paddle.Tensor]:

@@ -15,7 +15,7 @@ class HiddenStates:
     """Records the outputs of the embedding layer and of every transformer block of a BERT, in order.
 
     Forward post-hooks on the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop
-    firing once the model is wrapped (defect 6), these cannot."""
+    firing once the model is wrapped (defect 6, docs/upstream-defects.md), these cannot."""
 
     def __init__(self, model: paddle.nn.Layer):
         bert = model.bert
@@ -55,9 +55,12 @@ def forward(model, batch: Dict[str, paddle.Tensor]) -> paddle.Tensor:
 
 
 def task_loss(logits: paddle.Tensor, labels: paddle.Tensor, regression: bool) -> paddle.Tensor:
-    if regression:
-        return F.mse_loss(logits.reshape([-1]), labels.astype(logits.dtype).reshape([-1]))
-    return F.cross_entropy(logits, labels)
+    if regression:  # in fp32: bf16 would round STS-B targets by up to ~0.016
+        return F.mse_loss(logits.astype("float32").reshape([-1]), labels.astype("float32").reshape([-1]))
+    # Not F.cross_entropy: Paddle 2.6's checks `count_nonzero(label == ignore_index) > 0` on the host at
+    # every call, a sync per step. The same mean negative log-likelihood, without it:
+    log_probs = F.log_softmax(logits.astype("float32"), axis=-1)
+    return -paddle.take_along_axis(log_probs, labels.reshape([-1, 1]).astype("int64"), axis=1).mean()
 
 
 def _backward(loss: paddle.Tensor) -> None:
@@ -77,7 +80,7 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
-    once-per-width teacher costs ~30% of the step (defect 5, measured in the notes)."""
+    once-per-width teacher costs ~30% of the step (defect 5, measured in docs/upstream-defects.md)."""
     with paddle.no_grad():
         teacher_logits = forward(teacher, batch)
         teacher_hidden = teacher_states.take()
@@ -86,7 +89,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
         supernet.set_width(width)
         logits = forward(supernet, batch)
         terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
-                             lambda_distill, lambda_logit, regression)
+                             attention_mask=batch["attention_mask"], lambda_distill=lambda_distill,
+                             lambda_logit=lambda_logit, regression=regression)
         backward(terms["loss"])  # (scaled under fp16)
         losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses

@@ -1,7 +1,10 @@
 """The training loop shared by fine-tuning and supernet training. Read it top to bottom.
 
-Per optimizer step: forward+backward (every width, inside ``step_fn``), ONE gradient all-reduce,
-clip, AdamW step, learning-rate step. Evaluation at the configured interval.
+Per optimizer step: forward+backward (every width, inside ``step_fn``), ONE gradient all-reduce, a
+finiteness verdict, clip, AdamW step, learning-rate step. Evaluation and checkpoints at their intervals.
+
+Host syncs (each one drains a GPU's queue): one per step, the finiteness verdict. Loss values stay
+tensors until a logging step turns them into floats.
 """
 import math
 import time
@@ -12,6 +15,7 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import LinearDecayWithWarmup
 
+from dynabert import faults
 from dynabert.batching import GlobalBatches, to_tensors
 from dynabert.checkpoint import Checkpointer, Position
 from dynabert.collectives import Collectives
@@ -54,16 +58,23 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The dropout seed of one step on one rank: a resumed run draws exactly the masks it would have."""
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop behaves; from the run config."""
+    tag: str                       # "finetune" / "compress": log prefix and metrics kind
+    seed: int
+    log_every: int = 10
+    show_progress: bool = True
+    on_nonfinite: str = "stop"     # "stop" (exit 3) or "skip" the update
+    max_consecutive_skips: int = 50
 
 
-def gradients_finite(params: Sequence[paddle.Tensor]) -> bool:
-    """After the all-reduce every rank holds the same gradients, so every rank reaches the same verdict
-    without another collective (a NaN on one rank is a NaN everywhere)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return bool(paddle.stack([paddle.isfinite(g).all() for g in grads]).all()) if grads else True
+@dataclass
+class LoopHooks:
+    """What the stage does at the loop's milestones."""
+    evaluate: Callable[[int], None] = lambda step: None
+    checkpointer: Optional[Checkpointer] = None
+    checkpoint_state: Callable[[], dict] = dict  # the stage's own state (best-so-far) saved with a checkpoint
 
 
 @dataclass
@@ -71,28 +82,98 @@ class Resume:
     """Where a checkpoint left off; the model weights are restored by the caller."""
     position: Position
     optimizer_state: dict
+    precision_state: Optional[dict] = None
 
 
-def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The dropout seed of one step on one rank: a resumed run draws exactly the masks it would have."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def gradients_finite(params: Sequence[paddle.Tensor], fused: Optional[paddle.Tensor] = None) -> bool:
+    """After the all-reduce every rank holds the same gradients, so every rank reaches the same verdict
+    without another collective (a NaN on one rank is a NaN everywhere). One host sync: on the fused
+    buffer when the all-reduce made one, else on the sum of per-gradient sums (NaN and Inf propagate)."""
+    if fused is not None:
+        return bool(paddle.isfinite(fused).all())
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(paddle.isfinite(paddle.add_n([g.sum() for g in grads]))) if grads else True
+
+
+class SkipPolicy:
+    """What a non-finite step means. fp32: stop (exit 3) or skip. fp16: a skipped step is how dynamic
+    loss scaling finds its scale, so skips are normal, but a scale that keeps collapsing never recovers:
+    after ``max_consecutive`` skipped steps in a row the run stops either way."""
+
+    def __init__(self, *, on_nonfinite: str, overflow_is_normal: bool, max_consecutive: int, tag: str):
+        self.on_nonfinite, self.overflow_is_normal = on_nonfinite, overflow_is_normal
+        self.max_consecutive, self.tag = max_consecutive, tag
+        self.consecutive = 0
+        self.total = 0
+
+    def record(self, finite: bool, step: int) -> None:
+        """``step`` is 1-based. Raises TrainingDiverged when the run must stop."""
+        if finite:
+            self.consecutive = 0
+            return
+        if self.on_nonfinite == "stop" and not self.overflow_is_normal:
+            raise TrainingDiverged(f"{self.tag}: non-finite loss or gradient at step {step}; nothing was saved "
+                                   "from it (set run.on_nonfinite=skip to skip such steps)")
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive >= self.max_consecutive:
+            raise TrainingDiverged(f"{self.tag}: {self.consecutive} consecutive steps with non-finite gradients "
+                                   f"up to step {step} (run.max_consecutive_skips); the run has diverged")
+
+
+class Optimization:
+    """One optimizer step's pieces after backward, shared by the loop and the benchmarks: the gradient
+    all-reduce, the finiteness verdict, the update, the schedule."""
+
+    def __init__(self, named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, steps: int,
+                 comms: Collectives, precision: Precision):
+        self.params = [p for _, p in named_params]
+        self.comms, self.precision = comms, precision
+        self.optimizer, self.schedule = make_optimizer(named_params, optim, steps)
+
+    def reduce(self) -> Optional[paddle.Tensor]:
+        """The only gradient communication of the step; returns the fused buffer if one was made."""
+        return self.comms.all_reduce_gradients(self.params)
+
+    def apply(self, fused: Optional[paddle.Tensor]) -> bool:
+        """Update if the gradients are finite; returns whether it did. A skipped step holds the learning-
+        rate schedule, as Hugging Face's Trainer does after an fp16 overflow."""
+        self.precision.unscale(self.optimizer)   # fp16: true gradients, before the verdict and clipping
+        finite = gradients_finite(self.params, fused)
+        self.precision.step(self.optimizer, finite)
+        if finite:
+            self.schedule.step()
+        self.optimizer.clear_grad()
+        return finite
+
+
+def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]], *,
           named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, batches: GlobalBatches,
-          comms: Collectives, log: RunLog, evaluate: Callable[[int], None], tag: str, seed: int,
-          log_every: int = 10, show_progress: bool = True, on_nonfinite: str = "stop",
-          checkpointer: Optional[Checkpointer] = None, checkpoint_state: Callable[[], dict] = dict,
+          comms: Collectives, log: RunLog, settings: LoopSettings, hooks: Optional[LoopHooks] = None,
           resume: Optional[Resume] = None, precision: Optional[Precision] = None) -> TrainResult:
-    """``step_fn(batch)`` runs forward and backward and returns its loss values as floats;
-    ``evaluate(step)`` is called at the configured interval and at the end; ``checkpoint_state()``
-    returns the stage's own state (best-so-far) to store with each checkpoint."""
+    """``step_fn(batch)`` runs forward and backward and returns its loss terms as tensors (flat, or
+    {width: {term: tensor}}); they become floats only on logging steps."""
+    hooks = hooks or LoopHooks()
+    tag = settings.tag
     steps = total_steps(optim, len(batches))
     precision = precision or Precision("fp32")
-    optimizer, schedule = make_optimizer(named_params, optim, steps)
-    params = [p for _, p in named_params]
+    opt = Optimization(named_params, optim, steps, comms, precision)
+    skips = SkipPolicy(on_nonfinite=settings.on_nonfinite, overflow_is_normal=precision.handles_overflow,
+                       max_consecutive=settings.max_consecutive_skips, tag=tag)
     pos = Position()
     if resume is not None:
-        optimizer.set_state_dict(resume.optimizer_state)  # moments and the learning-rate schedule
+        opt.optimizer.set_state_dict(resume.optimizer_state)  # moments and the learning-rate schedule
+        precision.load_state_dict(resume.precision_state or {})
         pos = Position(**vars(resume.position))
         log.info(f"{tag}: resuming at step {pos.step} (epoch {pos.epoch}, batch {pos.step_in_epoch})")
+    fault = faults.from_env(comms.rank)
     result = TrainResult(steps=steps)
-    bar = progress(range(pos.step, steps), show_progress and comms.is_main, desc=tag)
+    bar = progress(range(pos.step, steps), settings.show_progress and comms.is_main, desc=tag)
     bar_iter = iter(bar)
     last_eval = pos.step if resume is not None else -1
     log.info(f"{tag}: {steps} steps, {len(batches)} per epoch, global batch {batches.global_batch} "
@@ -100,58 +181,54 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, float]],
     while pos.step < steps:
         for batch in batches.epoch(pos.epoch, start_step=pos.step_in_epoch):
             start = time.perf_counter()
-            paddle.seed(step_seed(seed, comms.rank, pos.step))
+            paddle.seed(step_seed(settings.seed, comms.rank, pos.step))
             with precision.autocast():
                 losses = step_fn(to_tensors(batch))    # forward + backward of every width
-            comms.all_reduce_gradients(params)         # the only gradient communication of the step
-            if precision.handles_overflow or gradients_finite(params):
-                precision.step(optimizer)              # (gradient clipping happens inside)
-            elif on_nonfinite == "stop":
-                raise TrainingDiverged(f"{tag}: non-finite loss or gradient at step {pos.step + 1}; nothing "
-                                       "was saved from it (set run.on_nonfinite=skip to skip such steps)")
-            else:
+            finite = opt.apply(opt.reduce())
+            skips.record(finite, pos.step + 1)
+            if not finite:
                 log.info(f"{tag}: non-finite gradient at step {pos.step + 1}; update skipped")
-                result.skipped_steps += 1
-            schedule.step()
-            optimizer.clear_grad()
             elapsed = time.perf_counter() - start
             pos.step += 1
             pos.step_in_epoch += 1
             next(bar_iter, None)
 
-            tokens = int(batch["attention_mask"].sum())
+            tokens = int(batch["attention_mask"].sum())  # numpy: no device sync
             result.throughput.samples += len(batch["labels"])
             result.throughput.tokens += tokens
             result.throughput.seconds += elapsed
-            if pos.step % log_every == 0 or pos.step == steps:
-                losses = mean_over_ranks(losses, comms)  # what the global batch saw, as one process would
-                result.losses.append({"step": pos.step, **losses})
-                lr = optimizer.get_lr()
-                log.record(tag, pos.step, {**losses, "lr": lr, "step_seconds": elapsed})
+            if pos.step % settings.log_every == 0 or pos.step == steps:
+                values = mean_over_ranks(losses_to_floats(losses), comms)  # the global batch's loss
+                result.losses.append({"step": pos.step, **values})
+                lr = opt.optimizer.get_lr()
+                log.record(tag, pos.step, {**values, "lr": lr, "step_seconds": elapsed})
                 log.info(f"{tag} step {pos.step}/{steps} epoch {pos.epoch} lr {lr:.2e} "
-                         + " ".join(f"{k} {v:.4f}" for k, v in sorted(losses.items()))
+                         + " ".join(f"{k} {v:.4f}" for k, v in sorted(values.items()))
                          + f" | {len(batch['labels']) / elapsed:.1f} samples/s {tokens / elapsed:.0f} tokens/s")
             if optim.eval_every and pos.step % optim.eval_every == 0:
-                evaluate(pos.step)
+                hooks.evaluate(pos.step)
                 last_eval = pos.step
-            if checkpointer is not None and checkpointer.enabled and pos.step < steps \
-                    and checkpointer.due(pos.step):
-                saved = checkpointer.save(pos, _model_state(named_params), optimizer.state_dict(),
-                                          checkpoint_state())
+            saver = hooks.checkpointer
+            if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step):
+                saved = saver.save(pos, lambda: _model_state(named_params), opt.optimizer.state_dict,
+                                   {**hooks.checkpoint_state(), "precision": precision.state_dict()})
                 if saved:
                     log.info(f"{tag}: checkpoint {saved}")
+            if fault is not None:
+                fault.maybe_fire(pos.step)
             if pos.step >= steps:
                 break
         else:  # the epoch ran out (not the step budget): the next one starts from its first batch
             pos.epoch += 1
             pos.step_in_epoch = 0
             if last_eval != pos.step and not optim.eval_every:
-                evaluate(pos.step)
+                hooks.evaluate(pos.step)
                 last_eval = pos.step
     if last_eval != pos.step:
-        evaluate(pos.step)
+        hooks.evaluate(pos.step)
     if hasattr(bar, "close"):
         bar.close()
+    result.skipped_steps = skips.total
     return result
 
 
@@ -178,12 +255,16 @@ def global_throughput(local: Throughput, comms: Collectives) -> Dict[str, float]
 
 
 def losses_to_floats(losses: Dict) -> Dict[str, float]:
-    """{width: {term: tensor}} or {term: tensor} -> flat {"w0.5/loss": float} for logging."""
+    """{width: {term: tensor}} or {term: tensor} -> flat {"w0.5/loss": float} for logging. One host
+    sync for all values together (stacked), not one per value."""
     flat = {}
     for key, value in losses.items():
         if isinstance(value, dict):
-            for term, t in value.items():
-                flat[f"w{key}/{term}"] = float(np.asarray(t.numpy() if hasattr(t, "numpy") else t))
+            flat.update({f"w{key}/{term}": t for term, t in value.items()})
         else:
-            flat[key] = float(np.asarray(value.numpy() if hasattr(value, "numpy") else value))
-    return flat
+            flat[key] = value
+    tensors = [k for k, v in flat.items() if isinstance(v, paddle.Tensor)]
+    if tensors:
+        values = paddle.stack([flat[k].astype("float32").reshape([]) for k in tensors]).numpy()
+        flat.update({k: float(v) for k, v in zip(tensors, values)})
+    return {k: float(v) for k, v in flat.items()}

@@ -314,8 +314,8 @@ def test_mcc_by_formula():
 
 def test_pearson_and_spearman_by_hand():
     predictions, labels = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 5.0])
-    p, l = predictions - predictions.mean(), labels - labels.mean()
-    pearson = (p * l).sum() / math.sqrt((p * p).sum() * (l * l).sum())
+    dp, dl = predictions - predictions.mean(), labels - labels.mean()
+    pearson = (dp * dl).sum() / math.sqrt((dp * dp).sum() * (dl * dl).sum())
     spearman = 1 - 6 * (0 + 1 + 1 + 0) / (4 * (4 * 4 - 1))  # rank differences 0, 1, 1, 0
     result = compute_metrics("sts-b", predictions, labels)
     assert result == pytest.approx({"pearson": pearson, "spearman": spearman})
@@ -334,10 +334,8 @@ def test_main_metric_names_and_shape_checks():
 # ------------------------------------------------------------------ the real SST-2 (GLUE_DIR)
 
 
-def test_real_sst2_dev_from_glue_dir():
-    root = os.environ.get("GLUE_DIR")
-    if not root or not os.path.isdir(os.path.join(root, "SST-2")):
-        pytest.skip("GLUE_DIR with SST-2 not set")
+def test_real_sst2_dev_from_glue_dir(glue_dir):
+    root = glue_dir
     examples, description = data.load_split("sst-2", "dev", allow_download=False)
     assert description == f"GLUE_DIR {os.path.join(root, 'SST-2', 'dev.tsv')} (872 rows)"
     assert len(examples) == 872 and sum(e.label for e in examples) == 444
@@ -346,11 +344,10 @@ def test_real_sst2_dev_from_glue_dir():
     assert len(train) == 100 and train[0] == Example("hide new secretions from the parental units ", None, 0)
 
 
-def test_paddlenlp_glue_cache_is_converted(tmp_path):
+@pytest.mark.dist
+def test_paddlenlp_glue_cache_is_converted(tmp_path, glue_dir):
     """PaddleNLP's GLUE path, served from its cache: the real SST-2 dev.tsv has PaddleNLP's md5, so no network."""
-    root = os.environ.get("GLUE_DIR")
-    if not root or not os.path.isfile(os.path.join(root, "SST-2", "dev.tsv")):
-        pytest.skip("GLUE_DIR with SST-2 not set")
+    root = glue_dir
     import shutil
     import subprocess
     import sys

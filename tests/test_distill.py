@@ -163,7 +163,9 @@ def test_loss_terms_equal_hand_computation(setups, teacher, lambda_distill, lamb
                                          heads_kept=round(w * 4), ffn_kept=int(w * 64))
         pairs = list(zip(ref_student["hidden_states"], ref_teacher["hidden_states"]))
         assert len(pairs) == 3  # embeddings + 2 blocks
-        rep = lambda_distill * sum(float(np.mean((hs - ht) ** 2)) for hs, ht in pairs)
+        mask = batch["attention_mask"][..., None]  # real tokens only: [b, t, 1]
+        rep = lambda_distill * sum(float(((hs - ht) ** 2 * mask).sum() / (mask.sum() * hs.shape[-1]))
+                                   for hs, ht in pairs)
         logit = _soft_ce(ref_student["logits"], ref_teacher["logits"])
         np.testing.assert_allclose(float(losses[w]["rep"]), rep, rtol=1e-4, err_msg=str(w))
         np.testing.assert_allclose(float(losses[w]["logit"]), logit, rtol=1e-4, err_msg=str(w))
@@ -190,3 +192,43 @@ def test_regression_logit_term_is_mse():
     finally:
         s.close()
         teacher_states.remove()
+
+
+def _pad_to(batch, length, pad_id=0):
+    """The same rows padded with ``length - t`` more pad positions."""
+    b, t = batch["input_ids"].shape
+    out = dict(batch)
+    out["input_ids"] = np.full((b, length), pad_id, np.int64)
+    out["token_type_ids"] = np.zeros((b, length), np.int64)
+    out["attention_mask"] = np.zeros((b, length), np.float32)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        out[key][:, :t] = batch[key] * (batch["attention_mask"] if key != "attention_mask" else 1)
+    return out
+
+
+def test_distillation_ignores_padding(setups):
+    """The loss and the gradients of a batch do not depend on how far it is padded (dynamic padding to its
+    longest row vs max_seq_len): the hidden-state term averages over real tokens only."""
+    batch = random_batch(seed=4, b=4, t=8, padded_rows={1: -3, 2: 2, 3: -1})
+    short, long_ = setups(seed=7), setups(seed=7)
+    a = short.step(batch, lambda_distill=1.0, lambda_logit=1.0)
+    b = long_.step(_pad_to(batch, 32), lambda_distill=1.0, lambda_logit=1.0)
+    for w in WIDTHS:
+        for term in ("rep", "logit", "loss"):
+            np.testing.assert_allclose(float(b[w][term]), float(a[w][term]), rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{w} {term}")
+    ga, gb = short.grads(), long_.grads()
+    for name in ga:
+        np.testing.assert_allclose(gb[name], ga[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_without_padding_the_term_is_the_plain_mse():
+    from dynabert.losses import hidden_state_loss
+
+    rng = np.random.RandomState(0)
+    student = [rng.standard_normal((3, 5, 4)).astype(np.float32) for _ in range(2)]
+    teacher = [rng.standard_normal((3, 5, 4)).astype(np.float32) for _ in range(2)]
+    value = hidden_state_loss([paddle.to_tensor(x) for x in student], [paddle.to_tensor(x) for x in teacher],
+                              paddle.ones([3, 5]))
+    plain = sum(float(np.mean((s - t) ** 2)) for s, t in zip(student, teacher))
+    np.testing.assert_allclose(float(value), plain, rtol=1e-6)

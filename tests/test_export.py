@@ -2,15 +2,20 @@
 import json
 import os
 
-import dynabert  # noqa: F401  (zlib before paddle)
 import numpy as np
 import paddle
 import pytest
 from paddlenlp.transformers import BertTokenizer
 
 from dynabert import export
-from dynabert.export import (extract_submodel, inference_predictor, load_exported, parameter_count,
-                             run_predictor, save_exported)
+from dynabert.export import (
+    extract_submodel,
+    inference_predictor,
+    load_exported,
+    parameter_count,
+    run_predictor,
+    save_exported,
+)
 from dynabert.models import tiny_bert
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.supernet import Supernet

@@ -14,7 +14,6 @@ import time
 import types
 import zipfile
 
-import dynabert  # noqa: F401  (zlib before paddle)
 import numpy as np
 import paddle
 import pytest

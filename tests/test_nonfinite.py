@@ -12,10 +12,10 @@ from dynabert.config import OptimConfig
 from dynabert.data import Feature
 from dynabert.errors import TrainingDiverged
 from dynabert.models import tiny_bert
-from dynabert.pipeline import improves, is_finite
+from dynabert.stages.common import improves, is_finite
 from dynabert.run_log import RunLog
 from dynabert.train_step import finetune_step
-from dynabert.trainer import train
+from dynabert.trainer import LoopSettings, train
 
 FEATURES = [Feature([2, 5 + i % 7, 3], [0, 0, 0], i % 2) for i in range(64)]
 
@@ -27,12 +27,13 @@ def _run(model, poison_step, on_nonfinite):
     def step_fn(batch):
         calls["n"] += 1
         terms = finetune_step_poisoned(model, batch, poison=calls["n"] == poison_step)
-        return {k: float(v) for k, v in terms.items()}
+        return terms
 
     batches = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)
-    return train(step_fn, list(model.named_parameters()), OptimConfig(epochs=1, batch_size=16, learning_rate=1e-3),
-                 batches, SingleProcess(), RunLog("", enabled=False), lambda step: None, "t", seed=0,
-                 log_every=1, show_progress=False, on_nonfinite=on_nonfinite)
+    return train(step_fn, named_params=list(model.named_parameters()),
+                 optim=OptimConfig(epochs=1, batch_size=16, learning_rate=1e-3), batches=batches,
+                 comms=SingleProcess(), log=RunLog("", enabled=False),
+                 settings=LoopSettings(tag="t", seed=0, log_every=1, show_progress=False, on_nonfinite=on_nonfinite))
 
 
 def finetune_step_poisoned(model, batch, poison):

@@ -1,5 +1,4 @@
 """Tests for dynabert.supernet: the per-width OFA configs, width validation, and weight separation."""
-import dynabert  # noqa: F401  (zlib before paddle)
 import numpy as np
 import paddle
 import pytest

@@ -4,7 +4,7 @@ supernet steps, distributed evaluation) on a tiny model and dumps what the tests
     python tests/scripts/dist_probe.py OUT_DIR --config configs/tiny.yaml --set ...
     python -m paddle.distributed.launch --nproc_per_node 2 tests/scripts/dist_probe.py OUT_DIR ...
 
-Counting all-reduce calls wraps ``paddle.distributed.all_reduce`` in this test process only.
+All-reduce calls and bytes are read from the counters PaddleCollectives keeps.
 """
 import hashlib
 import json
@@ -16,26 +16,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import dynabert  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
-import paddle.distributed as dist  # noqa: E402
 
-from dynabert import models, pipeline  # noqa: E402
+from dynabert import models  # noqa: E402
 from dynabert.batching import GlobalBatches  # noqa: E402
 from dynabert.run_log import RunLog  # noqa: E402
+from dynabert.stages.common import seed_everything  # noqa: E402
+from dynabert.stages.compress import importance_and_reorder  # noqa: E402
 from dynabert.supernet import Supernet  # noqa: E402
 from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
-from dynabert.trainer import losses_to_floats, train  # noqa: E402
+from dynabert.task_data import metrics_on, prepare_data  # noqa: E402
+from dynabert.trainer import LoopSettings, losses_to_floats, train  # noqa: E402
 from launcher.config import load_config  # noqa: E402
 from launcher.fleet_setup import init_collectives  # noqa: E402
-
-CALLS = {"all_reduce": 0, "all_reduce_bytes": 0}
-_real_all_reduce = dist.all_reduce
-
-
-def _counting_all_reduce(tensor, *args, **kwargs):
-    CALLS["all_reduce"] += 1
-    CALLS["all_reduce_bytes"] += int(tensor.numel()) * tensor.element_size()
-    return _real_all_reduce(tensor, *args, **kwargs)
-
 
 def digest(params) -> str:
     h = hashlib.sha256()
@@ -49,18 +41,17 @@ def main():
     argv = sys.argv[2:]
     cfg = load_config(argv[argv.index("--config") + 1],
                       [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
-    dist.all_reduce = _counting_all_reduce  # test-only instrumentation of this process
     comms = init_collectives()
     log = RunLog(out_dir, enabled=False, rank=comms.rank)
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-    data = pipeline.prepare_data(cfg, tokenizer, log)
-    pipeline.seed_everything(cfg.run.seed)
+    data = prepare_data(cfg, tokenizer, log)
+    seed_everything(cfg.run.seed)
     teacher = models.load_model(cfg.model.name_or_path, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
     if comms.rank == 1:  # make rank 1 different before the broadcast, so the broadcast must do its job
         with paddle.no_grad():
             for p in teacher.parameters():
                 p.set_value(p.numpy() + 1.0)
-    pipeline.importance_and_reorder(teacher, data, cfg, comms, log)
+    importance_and_reorder(teacher, data, cfg, comms, log)
     report = {"rank": comms.rank, "world_size": comms.world_size,
               "after_broadcast": digest(teacher.parameters())}
 
@@ -82,15 +73,16 @@ def main():
 
     batches = GlobalBatches(data.train, cfg.compress.optim.batch_size, cfg.run.seed, comms.rank,
                             comms.world_size, data.pad_token_id, data.pad_to)
-    calls_before = dict(CALLS)
+    calls_before = (getattr(comms, "all_reduce_calls", 0), getattr(comms, "all_reduce_bytes", 0))
     supernet.train()
-    outcome = train(step_fn, list(supernet.model.named_parameters()), cfg.compress.optim, batches, comms, log,
-                    lambda step: None, "compress", cfg.run.seed, log_every=1, show_progress=False,
-                    on_nonfinite=cfg.run.on_nonfinite)
+    settings = LoopSettings(tag="compress", seed=cfg.run.seed, log_every=1, show_progress=False,
+                            on_nonfinite=cfg.run.on_nonfinite)
+    outcome = train(step_fn, named_params=list(supernet.model.named_parameters()), optim=cfg.compress.optim,
+                    batches=batches, comms=comms, log=log, settings=settings)
     report["steps"] = outcome.steps
     report["skipped_steps"] = outcome.skipped_steps
-    report["all_reduce_calls"] = CALLS["all_reduce"] - calls_before["all_reduce"]
-    report["all_reduce_bytes"] = CALLS["all_reduce_bytes"] - calls_before["all_reduce_bytes"]
+    report["all_reduce_calls"] = getattr(comms, "all_reduce_calls", 0) - calls_before[0]
+    report["all_reduce_bytes"] = getattr(comms, "all_reduce_bytes", 0) - calls_before[1]
     report["param_bytes"] = sum(int(p.numel()) * p.element_size() for p in supernet.parameters())
     report["losses"] = outcome.losses
     report["local_reps"] = reps
@@ -101,7 +93,7 @@ def main():
     with student_states.paused():
         for width in supernet.widths:
             supernet.set_width(width)
-            report["metrics"][f"{width:g}"] = pipeline.dev_metrics(lambda b: forward(supernet, b), data, cfg, comms)
+            report["metrics"][f"{width:g}"] = metrics_on(data.dev, lambda b: forward(supernet, b), data, cfg, comms)
     np.savez(os.path.join(out_dir, f"params_rank{comms.rank}.npz"),
              **{k: v.numpy() for k, v in supernet.state_dict().items()})
     with open(os.path.join(out_dir, f"report_rank{comms.rank}.json"), "w") as f:

@@ -1,0 +1,96 @@
+"""What every stage shares: its context, the runner (completion markers, resume point, seeding), and
+small helpers (where a width's model lives, whether a result is a new best, whether weights are finite).
+"""
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import paddle
+
+from dynabert import models
+from dynabert.checkpoint import Checkpoint
+from dynabert.collectives import Collectives
+from dynabert.config import DEFAULT_MODEL, Config
+from dynabert.run_log import RunLog
+from dynabert.stage_state import mark_done, resume_point, stage_done
+from dynabert.task_data import TaskData
+from dynabert.trainer import LoopSettings
+
+
+@dataclass
+class StageContext:
+    cfg: Config
+    comms: Collectives
+    log: RunLog
+    data: TaskData
+    resume: Optional[str]  # None (fresh), "auto" or a checkpoint directory
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.cfg.run.out_dir, *parts)
+
+    def loop_settings(self, tag: str) -> LoopSettings:
+        run = self.cfg.run
+        return LoopSettings(tag=tag, seed=run.seed, log_every=run.log_every, show_progress=run.progress,
+                            on_nonfinite=run.on_nonfinite, max_consecutive_skips=run.max_consecutive_skips)
+
+
+def run_stage(ctx: StageContext, name: str, body: Callable[[StageContext, Optional[Checkpoint]], dict]) -> dict:
+    """Run one stage: skipped when a resumed run finished it already (``checkpoints/<name>/DONE.json``),
+    else ``body(ctx, checkpoint)`` from the checkpoint it resumes (None: fresh), then marked done with
+    the dict ``body`` returns."""
+    done = stage_done(ctx.cfg, name) if ctx.resume else None
+    if done is not None:
+        ctx.log.info(f"{name}: already complete in {ctx.cfg.run.out_dir}")
+        return done
+    checkpoint = resume_point(ctx.cfg, name, ctx.resume, ctx.comms, ctx.log)
+    seed_everything(ctx.cfg.run.seed)
+    info = body(ctx, checkpoint)
+    mark_done(ctx.cfg, name, info, ctx.comms)
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def model_source(name: str) -> str:
+    return models.default_model_dir() if name == DEFAULT_MODEL else name
+
+
+def teacher_source(cfg: Config) -> str:
+    """Where the fine-tuned teacher is: the user's, or the one this run's finetune stage wrote."""
+    return cfg.model.teacher or os.path.join(cfg.run.out_dir, "teacher")
+
+
+_TOKENIZERS: Dict[str, object] = {}
+
+
+def tokenizer_of(cfg: Config):
+    source = cfg.model.teacher or model_source(cfg.model.name_or_path)
+    if source not in _TOKENIZERS:
+        _TOKENIZERS[source] = models.load_tokenizer(source)
+    return _TOKENIZERS[source]
+
+
+def width_dir(root: str, width: float) -> str:
+    return os.path.join(root, f"width_{width:g}")
+
+
+def improves(result: Dict[str, float], best: Optional[dict], metric: str) -> bool:
+    value = result[metric]
+    return bool(np.isfinite(value)) and (best is None or value > best[metric])
+
+
+def is_finite(model) -> bool:
+    """A model with a NaN or Inf weight is never kept as best. One host sync: NaN and Inf propagate
+    through the sum of per-parameter sums."""
+    sums = [p.sum() for p in model.parameters()]
+    return bool(paddle.isfinite(paddle.add_n(sums))) if sums else True
+
+
+def describe(result: Dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in result.items())

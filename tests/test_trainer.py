@@ -1,0 +1,122 @@
+"""The loop's step pieces: the skip policy (fp32 stop/skip, fp16's normal overflow skips and the
+consecutive limit), a skipped step holding the learning-rate schedule, host syncs per step, and
+deterministic fault injection's parsing."""
+import numpy as np
+import paddle
+import pytest
+
+from dynabert import faults
+from dynabert.batching import GlobalBatches
+from dynabert.collectives import SingleProcess
+from dynabert.config import OptimConfig
+from dynabert.data import Feature
+from dynabert.errors import TrainingDiverged, UserError
+from dynabert.models import tiny_bert
+from dynabert.precision import Precision, check_bf16_capability
+from dynabert.run_log import RunLog
+from dynabert.train_step import finetune_step
+from dynabert.trainer import LoopSettings, Optimization, SkipPolicy, train
+
+FEATURES = [Feature([2, 5 + i % 7, 3], [0, 0, 0], i % 2) for i in range(64)]
+
+
+def test_fp32_stop_raises_at_once_naming_the_step():
+    policy = SkipPolicy(on_nonfinite="stop", overflow_is_normal=False, max_consecutive=5, tag="t")
+    policy.record(True, 1)
+    with pytest.raises(TrainingDiverged, match="t: non-finite loss or gradient at step 2") as e:
+        policy.record(False, 2)
+    assert e.value.exit_code == 3
+
+
+def test_fp16_overflow_skips_are_normal_until_the_scale_collapses():
+    """With loss scaling a skipped step is how the scale is found: on_nonfinite=stop must not stop at the
+    first one, but a run that skips max_consecutive steps in a row has diverged (exit 3)."""
+    policy = SkipPolicy(on_nonfinite="stop", overflow_is_normal=True, max_consecutive=3, tag="compress")
+    for step, finite in enumerate([False, False, True, False, False], start=1):
+        policy.record(finite, step)       # two in a row, a good step resets the count, two again
+    assert policy.total == 4 and policy.consecutive == 2
+    with pytest.raises(TrainingDiverged, match="compress: 3 consecutive steps .* up to step 6") as e:
+        policy.record(False, 6)
+    assert e.value.exit_code == 3
+
+
+def test_skip_mode_also_stops_after_the_consecutive_limit():
+    policy = SkipPolicy(on_nonfinite="skip", overflow_is_normal=False, max_consecutive=2, tag="t")
+    policy.record(False, 1)
+    with pytest.raises(TrainingDiverged, match="2 consecutive steps"):
+        policy.record(False, 2)
+
+
+def _optimization(model):
+    return Optimization(list(model.named_parameters()), OptimConfig(learning_rate=1e-3, warmup_ratio=0.0), 10,
+                        SingleProcess(), Precision("fp32"))
+
+
+def _backward(model, poison=False):
+    batch = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)
+    first = next(batch.epoch(0))
+    loss = finetune_step(model, {k: paddle.to_tensor(v) for k, v in first.items()}, regression=False)["loss"]
+    if poison:
+        with paddle.no_grad():
+            model.classifier.weight.grad[0, 0] = float("nan")
+    return loss
+
+
+def test_a_skipped_step_holds_the_schedule_and_leaves_the_weights():
+    model = tiny_bert()
+    opt = _optimization(model)
+    _backward(model)
+    assert opt.apply(opt.reduce()) and opt.schedule.last_epoch == 1
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    lr = opt.optimizer.get_lr()
+    _backward(model, poison=True)
+    assert not opt.apply(opt.reduce())
+    assert opt.schedule.last_epoch == 1 and opt.optimizer.get_lr() == lr
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+    assert all(p.grad is None or not np.any(p.grad.numpy()) for p in model.parameters())  # cleared
+
+
+def test_one_host_sync_per_step_outside_logging_steps(monkeypatch):
+    """Every conversion of a tensor to a host value drains a GPU's queue. The loop makes one per step
+    (the finiteness verdict) and converts losses only on logging steps."""
+    model = tiny_bert()  # (its initialisation syncs; not part of the loop)
+    model.train()
+    calls = {"n": 0, "depth": 0}
+    for name in ("numpy", "item", "__float__", "__bool__", "__int__", "tolist"):
+        original = getattr(paddle.Tensor, name)
+
+        def counting(self, *a, _original=original, **k):
+            calls["n"] += calls["depth"] == 0  # __bool__ calls numpy inside: one sync, counted once
+            calls["depth"] += 1
+            try:
+                return _original(self, *a, **k)
+            finally:
+                calls["depth"] -= 1
+
+        monkeypatch.setattr(paddle.Tensor, name, counting)
+    batches = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)
+    result = train(lambda b: finetune_step(model, b, regression=False), named_params=list(model.named_parameters()),
+                   optim=OptimConfig(epochs=1, batch_size=16, learning_rate=1e-3), batches=batches,
+                   comms=SingleProcess(), log=RunLog("", enabled=False),
+                   settings=LoopSettings(tag="t", seed=0, log_every=100, show_progress=False))
+    assert result.steps == 4 and len(result.losses) == 1  # only the last step logs
+    assert calls["n"] == 4 + 1  # one verdict per step + one stacked loss conversion at the logging step
+
+
+def test_bf16_needs_compute_capability_8():
+    check_bf16_capability((8, 0))
+    with pytest.raises(UserError, match="run.precision: bf16 needs a GPU of compute capability 8.0 .* 7.5"):
+        check_bf16_capability((7, 5))
+
+
+def test_fault_spec_parsing(tmp_path, monkeypatch):
+    monkeypatch.setenv(faults.ENV, f"rank=1,step=13,once={tmp_path / 'f'}")
+    assert faults.from_env(0) is None
+    assert faults.from_env(1) == faults.Fault(rank=1, step=13, once=str(tmp_path / "f"))
+    (tmp_path / "f").write_text("fired")
+    faults.from_env(1).maybe_fire(13)  # already fired once: no effect (this process is still alive)
+    for bad in ("rank=1", "rank=x,step=2", "rank=1,step=2,when=now"):
+        monkeypatch.setenv(faults.ENV, bad)
+        with pytest.raises(UserError, match=faults.ENV):
+            faults.from_env(0)
