@@ -10,6 +10,11 @@ log <log_dir>/workerlog.N`` (followed by a dump of the *whole environment*, whic
 prints the tail of that log, SIGTERMs the other ranks, and exits with the first non-zero exit code *in
 rank order* -- usually rank 0's -15 from being killed (exit status 241), not the failing rank's code.
 So the failing rank is taken from that log line, never from the launcher's exit status.
+
+Its HTTP master does nothing when a node fails (controllers/master.py: set_status/restart_peer are no-ops),
+so the other nodes' launchers keep waiting on their own workers, which wait in the next collective. Those
+workers end through the collective watchdog (fleet_setup.py, exit code 4) and their node's
+``--max_restarts`` relaunches them like any other failure; see docs/gpu-readiness.md.
 """
 from __future__ import annotations
 
@@ -18,14 +23,25 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, TextIO
 
 from dynabert.errors import UserError
-from launcher.launch_cmd import (LaunchOptions, available_cpus, build_launch_command, describe, env_diff,
-                                 worker_log)
+from launcher.gpu_probe import gpu_labels_for, wants_gpus
+from launcher.launch_cmd import (
+    EXIT_COLLECTIVE_TIMEOUT,
+    LaunchOptions,
+    available_cpus,
+    build_launch_command,
+    choose_gpus,
+    describe,
+    env_diff,
+    log_dir_for,
+    worker_log,
+)
 
 DEFAULT_WORKER = "launcher.worker"
 STOP_GRACE_S = 10  # after SIGTERM, how long the launcher gets to stop its workers before SIGKILL
@@ -43,12 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="A.B=V", help="config override (repeatable)")
     p.add_argument("--out_dir", help="run output directory (becomes --set run.out_dir=...; logs go to OUT_DIR/logs)")
     p.add_argument("--resume", help="auto, or a checkpoint path (passed to the worker)")
-    p.add_argument("--nproc_per_node", type=int, help="processes on this node (default: number of --devices, else 1)")
+    p.add_argument("--nproc_per_node", type=int,
+                   help="processes on this node (default: number of --devices; --device gpu: every usable GPU; else 1)")
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1")
     p.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 on the master node")
+    p.add_argument("--host", help="this node's IPv4 address as the other nodes reach it (default: POD_IP if set,"
+                   " else with --nnodes > 1 the local address that routes to --master)")
     p.add_argument("--devices", help="GPU ids for this node, e.g. 0,1,2,3 (one process each)")
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="gpu: check that the GPUs work, then one process per usable GPU unless --devices or"
+                   " --nproc_per_node says otherwise; cpu: gloo; auto (default): one process (or --nproc_per_node)"
+                   " on the first GPU if Paddle sees one, else on the CPU; CPU when CUDA_VISIBLE_DEVICES is empty")
     p.add_argument("--max_restarts", type=int, default=0,
                    help="relaunch the whole job up to this many times after a failure, with --resume auto")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the command and environment changes")
@@ -82,31 +104,30 @@ def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]
     return cmd
 
 
-def options_from_args(args: argparse.Namespace) -> LaunchOptions:
-    nproc = args.nproc_per_node
-    if nproc is None:
-        nproc = len(args.devices.split(",")) if args.devices else 1
+def options_from_args(args: argparse.Namespace, gpu_labels: Optional[Sequence[str]] = None,
+                      out_dir: Optional[str] = None) -> LaunchOptions:
+    """``gpu_labels``: the GPUs usable on this node when the job wants GPUs (``gpu_labels_for``);
+    ``out_dir``: the run directory if already resolved (``resolve_out_dir``)."""
+    nproc, devices = args.nproc_per_node, args.devices
+    if wants_gpus(args) and gpu_labels is not None:
+        flag = "--device gpu" if args.devices is None else f"--devices {args.devices}"
+        devices, nproc = choose_gpus(devices=devices, nproc=nproc, usable=list(gpu_labels), flag=flag)
+    elif nproc is None:
+        nproc = len(devices.split(",")) if devices else 1
     return LaunchOptions(
-        log_dir=os.path.join(resolve_out_dir(args), "logs"), nproc_per_node=nproc, nnodes=args.nnodes,
-        master=args.master, node_rank=args.node_rank, devices=args.devices, device=args.device,
-        max_restarts=args.max_restarts)
+        log_dir=log_dir_for(out_dir or resolve_out_dir(args), args.nnodes, args.node_rank), nproc_per_node=nproc,
+        nnodes=args.nnodes, master=args.master, node_rank=args.node_rank, devices=devices, device=args.device,
+        max_restarts=args.max_restarts, host=args.host)
 
 
-def check_paddle_build(device: str) -> None:
-    """``--device gpu`` on the CPU wheel would silently train on CPU (the launcher falls back to gloo)."""
-    if device != "gpu":
-        return
-    from importlib import metadata
+def source_ip_towards(host: str) -> Optional[str]:
+    """The local IPv4 address this machine uses to reach ``host`` (connecting a UDP socket sends nothing)."""
     try:
-        metadata.version("paddlepaddle-gpu")
-        return
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        metadata.version("paddlepaddle")
-    except metadata.PackageNotFoundError:
-        return  # an unusual build (custom wheel name): let Paddle decide
-    raise UserError("--device gpu: the installed Paddle is the CPU build (paddlepaddle); install paddlepaddle-gpu")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
 
 
 @dataclass
@@ -133,6 +154,9 @@ class JobResult:
         return code if 0 < code < 256 else 1
 
     def explain(self, opts: LaunchOptions) -> str:
+        if self.failed_rank is not None and self.failed_code == EXIT_COLLECTIVE_TIMEOUT:
+            return (f"{self.rank_text(opts)} stopped waiting in a collective (exit code {self.failed_code}): a rank"
+                    f" {'on another node ' if opts.nnodes > 1 else ''}has probably died (see {self.log_path(opts)})")
         if self.failed_rank is not None:
             return f"{self.rank_text(opts)} failed with exit code {self.failed_code} (see {self.log_path(opts)})"
         if opts.nnodes > 1:
@@ -240,22 +264,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: file not found")
-    opts = options_from_args(args)
-    if not args.dry_run:  # a dry run may preview a GPU command on a CPU machine
-        check_paddle_build(opts.device)
+    out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
     base_env, cpus = dict(os.environ), available_cpus()
+    opts = options_from_args(args, gpu_labels_for(args, base_env, sys.executable), out_dir)
+    gpu_note = "every usable GPU: no --devices or --nproc_per_node given" if (
+        wants_gpus(args) and args.devices is None and args.nproc_per_node is None) else ""
+    route_ip = source_ip_towards(opts.master.rpartition(":")[0]) if opts.nnodes > 1 and opts.master else None
     resume = args.resume
     for attempt in range(opts.max_restarts + 1):
-        argv, env = build_launch_command(opts, worker_command(args, resume), base_env=base_env, cpu_count=cpus)
+        argv, env = build_launch_command(opts, worker_command(args, resume), base_env=base_env, cpu_count=cpus,
+                                         route_ip=route_ip)
+        line = describe(opts, env, cpus, base_env, route_ip=route_ip, gpu_note=gpu_note)
         if args.dry_run:
-            print(f"# {describe(opts, env, cpus, base_env)}", file=out)
+            print(f"# {line}", file=out)
             print("# environment changes for the launcher and its workers:", file=out)
-            for line in env_diff(base_env, env):
-                print(line, file=out)
+            for change in env_diff(base_env, env):
+                print(change, file=out)
             print(shlex.join(argv), file=out)
             return 0
         if attempt == 0:
-            print(f"dynabert-launch: {describe(opts, env, cpus, base_env)}", file=err, flush=True)
+            print(f"dynabert-launch: {line}", file=err, flush=True)
         result = run_job(argv, env, out, err)
         if result.returncode == 0:
             return 0
@@ -264,7 +292,8 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # A worker's UserError (exit 2) is a problem with the input: restarting cannot fix it.
             print(f"error: {result.explain(opts)}", file=err, flush=True)
             return status
-        what = (f"{result.rank_text(opts)} failed (see {result.log_path(opts)})" if result.failed_rank is not None
+        what = (f"{result.rank_text(opts)} failed (see {result.log_path(opts)})"
+                if result.failed_rank is not None and result.failed_code != EXIT_COLLECTIVE_TIMEOUT
                 else result.explain(opts))
         print(f"restart {attempt + 1}/{opts.max_restarts} after {what}", file=err, flush=True)
         resume = "auto"  # the failed attempt's newest checkpoint

@@ -37,10 +37,10 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.set)
         _default_threads()
-        from launcher.fleet_setup import init_collectives
-        from dynabert.pipeline import run
-
         from paddlenlp.utils.log import logger as paddlenlp_logger
+
+        from dynabert.pipeline import run
+        from launcher.fleet_setup import init_collectives
 
         paddlenlp_logger.set_level("WARNING")  # its INFO lines ("Configuration saved in ...") drown ours
         comms = init_collectives()

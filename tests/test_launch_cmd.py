@@ -51,7 +51,8 @@ def test_multi_node_second_node():
     assert argv == LAUNCH + ["--nproc_per_node", "2", "--nnodes", "2", "--rank", "1", "--master", "10.0.0.1:8090",
                              "--log_dir", "out/logs", "--job_id", "dynabert", "--max_restart", "0"] + TAIL
     assert "PADDLE_MASTER" not in env  # it would override --master
-    assert LaunchOptions(log_dir="l", nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1).global_rank(1) == 3
+    opts = LaunchOptions(log_dir="l", nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1)
+    assert opts.global_rank(1) == 3
 
 
 def test_single_process_uses_all_cores_and_still_goes_through_the_launcher():
@@ -214,4 +215,135 @@ def test_a_worker_user_error_is_not_restarted(tmp_path, capsys, monkeypatch):
     cfg.write_text("{}\n")
     rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--max_restarts", "3"])
     assert rc == 2 and len(calls) == 1  # exit 2 is a UserError in the worker: a restart cannot fix the input
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: rank 1 failed with exit code 2 (see l/workerlog.1)"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: rank 1 failed with exit code 2 (see l/workerlog.1)"
+
+
+# --- multi-node: the node's IP, variables that override our flags, logs per node ------------------------
+
+TWO_NODES = dict(nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1, device="cpu")
+
+
+def test_host_flag_becomes_the_launchers_host_and_wins_over_pod_ip():
+    # Paddle lets POD_IP override --host (args_envs.py env_args_mapping), so the flag goes alone.
+    argv, env = build(host="10.0.0.2", base_env={**BASE_ENV, "POD_IP": "10.9.9.9"}, **TWO_NODES)
+    assert argv[argv.index("--host") + 1] == "10.0.0.2"
+    assert "POD_IP" not in env
+
+
+def test_a_user_set_pod_ip_is_passed_on_as_host():
+    argv, env = build(base_env={**BASE_ENV, "POD_IP": "10.0.0.7"}, **TWO_NODES)
+    assert argv[argv.index("--host") + 1] == "10.0.0.7" and "POD_IP" not in env
+    argv, _ = build(base_env={**BASE_ENV, "POD_IP": "10.0.0.7"}, nproc_per_node=2, device="cpu")
+    assert argv[argv.index("--host") + 1] == "10.0.0.7"  # one node too: its workers' endpoints use it
+
+
+def test_without_host_or_pod_ip_a_multi_node_job_uses_the_route_to_the_master():
+    argv, _ = build_launch_command(LaunchOptions(log_dir="l", **TWO_NODES), WORKER, python=PY, base_env=BASE_ENV,
+                                   cpu_count=2, route_ip="10.0.0.5")
+    assert argv[argv.index("--host") + 1] == "10.0.0.5"
+    argv, _ = build_launch_command(LaunchOptions(log_dir="l", nproc_per_node=2), WORKER, python=PY,
+                                   base_env=BASE_ENV, cpu_count=2, route_ip="10.0.0.5")
+    assert "--host" not in argv  # one node: Paddle's own address is only used locally
+
+
+def test_source_ip_towards_loopback_is_loopback():
+    from launcher.cli import source_ip_towards
+
+    assert source_ip_towards("127.0.0.1") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("kw, env, start", [
+    (dict(host="node1"), {}, "--host node1:"),
+    (dict(host="10.0.0.300"), {}, "--host 10.0.0.300:"),
+    ({}, {"POD_IP": "node1.cluster"}, "POD_IP node1.cluster:"),
+])
+def test_a_host_that_is_not_an_ipv4_address_is_refused(kw, env, start):
+    # Paddle only applies a --host containing a dot (plugins rewrite_host_ip) and compares IPs as strings.
+    with pytest.raises(UserError) as e:
+        build(base_env=env, **{**TWO_NODES, **kw})
+    assert str(e.value).startswith(start)
+
+
+@pytest.mark.parametrize("var", ["DISTRIBUTED_TRAINER_ENDPOINTS", "PADDLE_TRAINER_ENDPOINTS", "PADDLE_MASTER",
+                                 "PADDLE_NNODES", "PADDLE_TRAINER_ID"])
+def test_variables_that_override_master_or_nnodes_are_removed(var):
+    # plugins/__init__.py collective_compatible: the *_TRAINER_ENDPOINTS variables replace --master/--nnodes.
+    _, env = build(base_env={**BASE_ENV, var: "10.1.1.1:6170,10.1.1.2:6170"}, **TWO_NODES)
+    assert var not in env
+
+
+def test_the_master_bypasses_an_http_proxy():
+    # The launcher talks to the master with httpx, which honours HTTP_PROXY (it only drops lower-case http_proxy).
+    _, env = build(base_env={**BASE_ENV, "HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "localhost"}, **TWO_NODES)
+    assert env["NO_PROXY"] == "localhost,10.0.0.1" and env["no_proxy"] == "10.0.0.1"
+    _, env = build(base_env=BASE_ENV, **TWO_NODES)
+    assert "NO_PROXY" not in env and "no_proxy" not in env
+
+
+def test_each_node_of_a_multi_node_job_logs_into_its_own_directory(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    out = tmp_path / "shared"
+    for rank in (0, 1):
+        assert main(["--config", str(cfg), "--out_dir", str(out), "--nnodes", "2", "--node_rank", str(rank),
+                     "--master", "127.0.0.1:8090", "--nproc_per_node", "2", "--device", "cpu", "--dry-run"]) == 0
+        assert f"--log_dir {out / 'logs' / f'node{rank}'} " in capsys.readouterr().out
+    assert main(["--config", str(cfg), "--out_dir", str(out), "--device", "cpu", "--dry-run"]) == 0
+    assert f"--log_dir {out / 'logs'} " in capsys.readouterr().out  # one node: unchanged
+
+
+def test_failure_on_the_second_node_names_the_global_rank_and_that_nodes_log():
+    from launcher.cli import JobResult
+
+    opts = LaunchOptions(log_dir="out/logs/node1", **TWO_NODES)
+    launcher_output = io.StringIO(
+        "Container rank 1 status failed cmd ['python'] code 3 log out/logs/node1/workerlog.1 \nenv {}\n")
+    failure = pump_output(launcher_output, io.StringIO(), io.StringIO())
+    assert JobResult(241, *failure).explain(opts) == (
+        "rank 3 (node 1, local rank 1) failed with exit code 3 (see out/logs/node1/workerlog.1)")
+
+
+def test_a_collective_timeout_is_explained():
+    from launcher.cli import JobResult
+
+    opts = LaunchOptions(log_dir="out/logs/node0", **{**TWO_NODES, "node_rank": 0})
+    text = JobResult(241, failed_rank=1, failed_code=4, failed_log="out/logs/node0/workerlog.1").explain(opts)
+    assert text == ("rank 1 (node 0, local rank 1) stopped waiting in a collective (exit code 4): a rank on another"
+                    " node has probably died (see out/logs/node0/workerlog.1)")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "inf", "nan"])
+def test_a_bad_collective_timeout_is_refused_before_launching(value):
+    with pytest.raises(UserError, match=r"^DYNABERT_COLLECTIVE_TIMEOUT="):
+        build(base_env={**BASE_ENV, "DYNABERT_COLLECTIVE_TIMEOUT": value})
+
+
+def test_collective_timeout_default_and_override():
+    from launcher.launch_cmd import collective_timeout
+
+    assert collective_timeout({}) == 1800.0
+    assert collective_timeout({"DYNABERT_COLLECTIVE_TIMEOUT": "90"}) == 90.0
+    assert collective_timeout({"DYNABERT_COLLECTIVE_TIMEOUT": "0"}) == 0.0
+
+
+# --- device selection -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hidden", ["", " ", "-1"])
+def test_auto_with_every_gpu_hidden_runs_on_cpu_with_gloo(hidden):
+    # Left alone, Paddle's launcher would see the variable, assume GPUs and set FLAGS_selected_gpus=0
+    # without gloo (context/device.py parse_device), or fail with an IndexError for 2 processes.
+    argv, env = build(nproc_per_node=2, base_env={**BASE_ENV, "CUDA_VISIBLE_DEVICES": hidden})
+    assert env["PADDLE_DISTRI_BACKEND"] == "gloo"
+    assert "CUDA_VISIBLE_DEVICES" not in env and "FLAGS_selected_gpus" not in env
+    assert "--devices" not in argv
+
+
+def test_auto_with_visible_gpus_is_left_to_paddle():
+    _, env = build(nproc_per_node=2, base_env={**BASE_ENV, "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and "PADDLE_DISTRI_BACKEND" not in env
+
+
+def test_gpu_with_every_gpu_hidden_is_refused():
+    with pytest.raises(UserError, match=r"^--device gpu: CUDA_VISIBLE_DEVICES='' hides every GPU"):
+        build(nproc_per_node=1, device="gpu", base_env={"CUDA_VISIBLE_DEVICES": ""})
