@@ -5,7 +5,7 @@ With dynamic padding each slice is padded to the longest sequence of the whole *
 per-rank mean losses, averaged over ranks, equal the one-process mean over the global batch exactly:
 N processes with batch B follow the same trajectory as one process with batch N*B.
 """
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -40,6 +40,7 @@ class GlobalBatches:
         self.local_batch = local_batch_size(len(features), global_batch, world_size, key)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.pad_token_id, self.pad_to = pad_token_id, pad_to
+        self.lengths = _lengths(features) if group_by_length or pad_to is None else None
 
     def __len__(self) -> int:
         return len(self.features) // self.global_batch
@@ -54,7 +55,7 @@ class GlobalBatches:
         rng = np.random.RandomState((self.seed, epoch))
         order = rng.permutation(len(self.features))[: len(self) * self.global_batch]
         if self.group_by_length:
-            lengths = np.asarray([len(self.features[i].input_ids) for i in order])
+            lengths = self.lengths[order]
             size = MEGABATCH * self.global_batch
             for start in range(0, len(order), size):
                 chunk = slice(start, start + size)
@@ -66,20 +67,44 @@ class GlobalBatches:
         for indices in self.global_indices(epoch)[start_step:]:
             pad_to = self.pad_to
             if pad_to is None:  # dynamic: longest of the global batch, so every rank agrees
-                pad_to = max(len(self.features[i].input_ids) for i in indices)
+                pad_to = int(self.lengths[indices].max())
             mine = indices[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-            yield collate([self.features[i] for i in mine], self.pad_token_id, pad_to=pad_to)
+            batch = collate([self.features[i] for i in mine], self.pad_token_id, pad_to=pad_to)
+            # Per-token losses are normalised by the global batch's real tokens (this rank's share of them),
+            # not this rank's own count, so the mean over ranks is the one-process token mean exactly.
+            batch["token_share"] = np.float32(self._tokens(indices) / self.world_size)
+            yield batch
+
+    def _tokens(self, indices) -> int:
+        if self.lengths is not None:
+            return int(self.lengths[indices].sum())
+        return sum(len(self.features[i].input_ids) for i in indices)
 
 
 def eval_batches(features: Sequence, batch_size: int, rank: int, world_size: int,
                  pad_token_id: int) -> Iterator[tuple]:
     """This rank's share of an evaluation set: (example indices, batch). Examples are sorted by length
-    (less padding) and dealt out in contiguous blocks; no example is duplicated or dropped."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    mine: List[int] = list(np.array_split(np.asarray(order, dtype=np.int64), world_size)[rank])
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        yield idx, collate([features[i] for i in idx], pad_token_id)
+    (less padding) and cut into batches; the batches are dealt to the ranks by cost (padded tokens),
+    most expensive first, each to the least loaded rank, so every rank gets about the same work
+    (contiguous blocks gave the last rank all the longest batches and made everyone wait for it). Every
+    rank computes the same deal. No example is duplicated or dropped."""
+    lengths = _lengths(features)
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    load = [0] * world_size
+    mine = []
+    for b in sorted(range(len(batches)), key=lambda b: -len(batches[b]) * int(lengths[batches[b][-1]])):
+        owner = min(range(world_size), key=lambda r: (load[r], r))
+        load[owner] += len(batches[b]) * int(lengths[batches[b][-1]])
+        if owner == rank:
+            mine.append(b)
+    for b in sorted(mine):
+        yield batches[b], collate([features[i] for i in batches[b]], pad_token_id)
+
+
+def _lengths(features: Sequence) -> np.ndarray:
+    lengths = getattr(features, "lengths", None)  # a corpus cache knows them without reading rows
+    return np.asarray(lengths if lengths is not None else [len(f.input_ids) for f in features])
 
 
 def to_tensors(batch: Dict[str, np.ndarray]) -> Dict[str, paddle.Tensor]:

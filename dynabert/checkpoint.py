@@ -26,6 +26,7 @@ from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
 MANIFEST = "manifest.json"
+_DUE_KEY = "dynabert/checkpoint_due_at_step"
 STATE = "state.json"
 MODEL = "model.pdparams"
 OPTIMIZER = "optimizer.pdopt"
@@ -58,6 +59,23 @@ class Checkpoint:
             return {}
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
+
+
+@dataclass
+class LoadedCheckpoint(Checkpoint):
+    """A checkpoint's content in memory, the same on every rank (received from rank 0)."""
+    model: dict = None
+    optimizer: dict = None
+    loaded_arrays: dict = None
+
+    def model_state(self) -> dict:
+        return self.model
+
+    def optimizer_state(self) -> dict:
+        return self.optimizer
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        return self.loaded_arrays or {}
 
 
 def _sha256(path: str) -> str:
@@ -105,6 +123,7 @@ class Checkpointer:
         self.keep, self.is_main, self.fingerprint = keep, is_main, fingerprint
         self.arrays: Dict[str, np.ndarray] = {}  # stage data saved with every checkpoint (importance)
         self._last_time = time.monotonic()
+        self._posted = 0  # the last step rank 0 announced for a time-triggered checkpoint
         self._writer: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
 
@@ -112,16 +131,27 @@ class Checkpointer:
     def enabled(self) -> bool:
         return self.every_steps > 0 or self.every_minutes > 0
 
-    def due(self, step: int) -> bool:
-        """Only rank 0 writes and nothing collective happens in ``save``, so ranks need not agree."""
+    def due(self, step: int, comms) -> bool:
+        """Whether every rank checkpoints after ``step``. Step triggers are the same everywhere. The time
+        trigger is rank 0's clock: when it fires, rank 0 posts the next step in the job's store and every
+        rank reads it there after each step (no collective), so all take the same decision at the same
+        step. Every rank must know, because saving makes the others wait for rank 0 (``run_on_main``)."""
         if self.every_steps and step % self.every_steps == 0:
             return True
-        return bool(self.every_minutes) and time.monotonic() - self._last_time >= 60 * self.every_minutes
+        if not self.every_minutes:
+            return False
+        if comms.is_main and time.monotonic() - self._last_time >= 60 * self.every_minutes \
+                and self._posted < step:
+            self._posted = step + 1
+            comms.post(_DUE_KEY, step + 1)
+        return comms.read(_DUE_KEY) == step
 
     def save(self, position: Position, model_state: Callable[[], dict], optimizer_state: Callable[[], dict],
              extra: dict) -> Optional[str]:
         """``model_state``/``optimizer_state`` are called on rank 0 only. Returns the final path of the
-        checkpoint being written (complete once ``wait`` returns or the next save starts)."""
+        checkpoint being written (complete once ``wait`` returns or the next save starts). Call it through
+        ``comms.run_on_main`` on every rank: waiting for the previous write may take longer than a
+        collective may wait (gloo: 30 s)."""
         self._last_time = time.monotonic()
         if not self.is_main:
             return None

@@ -44,6 +44,12 @@ def parse(spec: str) -> Fault:
     return fault
 
 
+def configured() -> bool:
+    """Whether any rank of this job has a fault to fire (the loop then writes checkpoints synchronously,
+    so "after checkpoint N" means on disk, whichever rank dies)."""
+    return bool(os.environ.get(ENV, "").strip())
+
+
 def from_env(rank: int) -> Optional[Fault]:
     """The fault for this rank, if the environment asks for one."""
     spec = os.environ.get(ENV, "").strip()

@@ -3,7 +3,7 @@
 The tutorial's MSE averages over every position, padding included, so with dynamic padding and
 length-grouped batches a sentence's loss depends on what it was batched with and ``lambda_distill``
 weighs batches differently. Without padding both are the same number."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import paddle
 import paddle.nn.functional as F
@@ -14,28 +14,33 @@ def soft_cross_entropy(logits: paddle.Tensor, target_logits: paddle.Tensor) -> p
     return -paddle.mean(paddle.sum(F.log_softmax(logits, axis=-1) * F.softmax(target_logits, axis=-1), axis=-1))
 
 
-def masked_mse(student: paddle.Tensor, teacher: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
-    """Mean squared error over the real tokens of [B, L, H] states; ``mask`` [B, L] is 1 for tokens."""
+def masked_mse(student: paddle.Tensor, teacher: paddle.Tensor, mask: paddle.Tensor,
+               tokens: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    """Mean squared error over the real tokens of [B, L, H] states; ``mask`` [B, L] is 1 for tokens.
+    ``tokens`` replaces the local token count as the normaliser (data parallel: this rank's share of the
+    global batch's tokens, so the mean over ranks is the global mean)."""
     weights = mask.astype(student.dtype).unsqueeze(-1)
     squared = paddle.square(student - teacher) * weights
-    return squared.sum() / (weights.sum() * student.shape[-1])
+    count = weights.sum() if tokens is None else tokens.astype(student.dtype)
+    return squared.sum() / (count * student.shape[-1])
 
 
 def hidden_state_loss(student: Sequence[paddle.Tensor], teacher: Sequence[paddle.Tensor],
-                      mask: paddle.Tensor) -> paddle.Tensor:
+                      mask: paddle.Tensor, tokens: Optional[paddle.Tensor] = None) -> paddle.Tensor:
     """Sum over mapped layers (embeddings, every block) of the mean squared error over real tokens.
     Without padding this is OFA.calc_distill_loss without lambda_distill."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"captured {len(student)} student and {len(teacher)} teacher hidden states")
-    return paddle.add_n([masked_mse(s, t, mask) for s, t in zip(student, teacher)])
+    return paddle.add_n([masked_mse(s, t, mask, tokens) for s, t in zip(student, teacher)])
 
 
 def distill_loss(student_hidden: List[paddle.Tensor], teacher_hidden: List[paddle.Tensor],
                  student_logits: paddle.Tensor, teacher_logits: paddle.Tensor, *, attention_mask: paddle.Tensor,
-                 lambda_distill: float, lambda_logit: float, regression: bool) -> Dict[str, paddle.Tensor]:
+                 lambda_distill: float, lambda_logit: float, regression: bool,
+                 token_share: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
     """loss = lambda_distill * hidden MSE + lambda_logit * logit loss (soft CE; MSE for regression tasks,
     where a softmax over one output is meaningless)."""
-    rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask)
+    rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask, token_share)
     if regression:
         logit = F.mse_loss(student_logits.astype("float32"), teacher_logits.astype("float32"))
     else:

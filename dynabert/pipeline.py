@@ -6,6 +6,8 @@ share (context, completion markers, resume, seeding) in ``dynabert/stages/common
     export/width_W/        standalone model + inference/ Paddle inference model
     results.json, results.md                          the per-width table (dev)
 """
+import dataclasses
+import hashlib
 import os
 import time
 from typing import Optional
@@ -22,7 +24,7 @@ from dynabert.stages.common import StageContext, run_stage, tokenizer_of
 from dynabert.stages.compress import compress
 from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
-from dynabert.task_data import prepare_data
+from dynabert.task_data import data_fingerprint, prepare_data
 
 
 def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional[str] = None) -> dict:
@@ -41,6 +43,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     if comms.is_main and config_text:
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
     data = prepare_data(cfg, tokenizer_of(cfg), log)
+    # Every rank must run the same config (its out_dir may differ: node-local disks) on the same data.
+    comms.check_agreement({"config": config_digest(cfg), "data": data_fingerprint(data), "--resume": resume})
     check_batch_sizes(cfg, data, comms.world_size)
     Precision(cfg.run.precision)  # fp16/bf16 on a CPU run is refused now, not after fine-tuning
     ctx = StageContext(cfg, comms, log, data, resume)
@@ -61,7 +65,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
         done = timed("compress", lambda: run_stage(ctx, "compress", compress))
         results["compress_best"] = done["best"]
     results["throughput"] = {stage: done["throughput"] for stage in ("finetune", "compress")
-                             if (done := stage_done(cfg, stage)) and "throughput" in done}
+                             if (done := stage_done(cfg, stage, comms)) and "throughput" in done}
     if "export" in cfg.run.stages:
         rows = timed("export", lambda: export(ctx))
         results["teacher"] = teacher_dev_metrics(ctx)
@@ -76,6 +80,11 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
             write_results(cfg.run.out_dir, results, markdown)
     results["seconds"] = timings
     return results
+
+
+def config_digest(cfg: Config) -> str:
+    everywhere = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=""))
+    return hashlib.sha256(repr(everywhere).encode()).hexdigest()[:16]
 
 
 def protocol(cfg: Config) -> dict:

@@ -3,9 +3,19 @@ already finished (``checkpoints/<stage>/DONE.json``), so ``--resume auto`` skips
 import json
 import os
 import shutil
+from dataclasses import asdict
 from typing import Optional
 
-from dynabert.checkpoint import Checkpoint, Checkpointer, check_compatible, latest_checkpoint, load_checkpoint, verify
+from dynabert.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    LoadedCheckpoint,
+    Position,
+    check_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    verify,
+)
 from dynabert.collectives import Collectives
 from dynabert.config import Config, model_fingerprint
 from dynabert.errors import UserError
@@ -25,24 +35,40 @@ def checkpointer(cfg: Config, stage: str, comms: Collectives) -> Checkpointer:
 
 def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collectives,
                  log: RunLog) -> Optional[Checkpoint]:
-    """The checkpoint this stage continues from, or None for a fresh start (which clears old ones)."""
+    """The checkpoint this stage continues from, or None for a fresh start (which clears old ones).
+
+    Rank 0 alone looks at its disk, decides and loads; every rank receives the same checkpoint through
+    the process group, so other nodes need no copy of rank 0's files and a stale checkpoint on another
+    node's disk is never read."""
     root = _stage_root(cfg, stage)
-    checkpoint = None
-    if resume == "auto":
-        checkpoint = latest_checkpoint(root, log.info)
-    elif resume and os.path.basename(os.path.dirname(os.path.abspath(resume))) == stage:
-        problem = verify(resume)  # an explicit checkpoint of this stage (one of another stage: fresh start)
-        if problem:
-            raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
-        checkpoint = load_checkpoint(resume)
-    if checkpoint is not None:
+    loaded = {}
+
+    def choose() -> Optional[dict]:
+        checkpoint = None
+        if resume == "auto":
+            checkpoint = latest_checkpoint(root, log.info)
+        elif resume and os.path.basename(os.path.dirname(os.path.abspath(resume))) == stage:
+            problem = verify(resume)  # an explicit checkpoint of this stage (one of another stage: fresh start)
+            if problem:
+                raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
+            checkpoint = load_checkpoint(resume)
+        if checkpoint is None:
+            if os.path.isdir(root):
+                shutil.rmtree(root)  # a fresh start: old checkpoints of this run must not be resumed later
+            return None
         check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
-        log.info(f"{stage}: resuming from {checkpoint.path}")
-        return checkpoint
-    if comms.is_main and os.path.isdir(root):
-        shutil.rmtree(root)  # a fresh start: old checkpoints of this run directory must not be resumed later
-    comms.barrier()
-    return None
+        loaded.update(model=checkpoint.model_state(), optimizer=checkpoint.optimizer_state(),
+                      arrays=checkpoint.arrays())
+        return {"path": checkpoint.path, "position": asdict(checkpoint.position), "extra": checkpoint.extra,
+                "fingerprint": checkpoint.fingerprint}
+
+    meta = comms.decide(choose)
+    if meta is None:
+        return None
+    content = comms.broadcast_state(loaded if comms.is_main else None)
+    log.info(f"{stage}: resuming from {meta['path']}")
+    return LoadedCheckpoint(meta["path"], Position(**meta["position"]), meta["extra"], meta["fingerprint"],
+                            content["model"], content["optimizer"], content["arrays"])
 
 
 def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
@@ -50,12 +76,16 @@ def resume_from(checkpoint: Optional[Checkpoint]) -> Optional[Resume]:
             if checkpoint else None)
 
 
-def stage_done(cfg: Config, stage: str) -> Optional[dict]:
-    path = os.path.join(_stage_root(cfg, stage), "DONE.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def stage_done(cfg: Config, stage: str, comms: Collectives) -> Optional[dict]:
+    """The stage's completion record if it finished, as rank 0's disk says, on every rank."""
+    def read() -> Optional[dict]:
+        path = os.path.join(_stage_root(cfg, stage), "DONE.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    return comms.decide(read)
 
 
 def mark_done(cfg: Config, stage: str, info: dict, comms: Collectives) -> None:

@@ -6,6 +6,7 @@ every checkpoint selection look only at it, and dev is read once per reported mo
 protocol (``select_on: dev``) uses dev for all three, which flatters the table: the reported figure is
 a maximum over many looks at the same rows.
 """
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -78,3 +79,16 @@ def metrics_on(features: Sequence, model_fn, data: TaskData, cfg: Config, comms:
     """Metrics of ``model_fn(batch) -> logits`` over ``features`` (sharded over ranks, gathered)."""
     return evaluate(model_fn, features, data.task, data.regression, cfg.run.eval_batch_size, comms,
                     data.pad_token_id)
+
+
+def data_fingerprint(data: TaskData) -> str:
+    """A short digest of what each split holds (row count, token lengths, labels): ranks that read
+    different files, or the same files differently, disagree on it."""
+    h = hashlib.sha256()
+    for split in (data.train, data.selection, data.dev):
+        lengths = getattr(split, "lengths", None)
+        lengths = np.asarray(lengths if lengths is not None else [len(f.input_ids) for f in split], dtype=np.int64)
+        labels = getattr(split, "labels", None)
+        labels = np.asarray(labels if labels is not None else [f.label for f in split], dtype=np.float64)
+        h.update(np.int64(len(lengths)).tobytes() + lengths.tobytes() + labels.tobytes())
+    return h.hexdigest()[:16]

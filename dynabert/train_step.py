@@ -3,7 +3,7 @@
 No optimizer, no communication, no logging here: the loop (dynabert/trainer.py) owns those.
 """
 import contextlib
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
 import paddle
 import paddle.nn.functional as F
@@ -75,22 +75,32 @@ def finetune_step(model, batch, regression: bool, backward: Callable = _backward
 
 def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_states: HiddenStates,
                   batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
-                  lambda_logit: float, regression: bool,
-                  backward: Callable = _backward) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  lambda_logit: float, regression: bool, backward: Callable = _backward, *,
+                  phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
-    once-per-width teacher costs ~30% of the step (defect 5, measured in docs/upstream-defects.md)."""
-    with paddle.no_grad():
+    once-per-width teacher costs ~30% of the step (defect 5, measured in docs/upstream-defects.md).
+    ``phase(name)`` (benchmarks only) wraps each part in a context, "teacher" and "width W", to time it."""
+    phase = phase or _no_phase
+    with phase("teacher"), paddle.no_grad():
         teacher_logits = forward(teacher, batch)
         teacher_hidden = teacher_states.take()
     losses = {}
     for width in widths:
-        supernet.set_width(width)
-        logits = forward(supernet, batch)
-        terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
-                             attention_mask=batch["attention_mask"], lambda_distill=lambda_distill,
-                             lambda_logit=lambda_logit, regression=regression)
-        backward(terms["loss"])  # (scaled under fp16)
-        losses[width] = {k: v.detach() for k, v in terms.items()}
+        with phase(f"width {width}"):
+            supernet.set_width(width)
+            logits = forward(supernet, batch)
+            terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
+                                 attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression)
+            backward(terms["loss"])  # (scaled under fp16)
+            losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses
+
+
+_NULL_CONTEXT = contextlib.nullcontext()  # reusable: the default phase costs one call per part
+
+
+def _no_phase(name: str) -> ContextManager:
+    return _NULL_CONTEXT

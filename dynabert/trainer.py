@@ -209,11 +209,17 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
                 hooks.evaluate(pos.step)
                 last_eval = pos.step
             saver = hooks.checkpointer
-            if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step):
-                saved = saver.save(pos, lambda: _model_state(named_params), opt.optimizer.state_dict,
-                                   {**hooks.checkpoint_state(), "precision": precision.state_dict()})
+            if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step, comms):
+                # Rank 0 copies the state to host memory and hands it to a writer thread; the others wait
+                # on the store meanwhile (a wait for the previous write could outlast gloo's 30 s).
+                at = Position(**vars(pos))
+                saved = comms.run_on_main(lambda: saver.save(
+                    at, lambda: _model_state(named_params), opt.optimizer.state_dict,
+                    {**hooks.checkpoint_state(), "precision": precision.state_dict()}))
+                if faults.configured():  # a test kills a rank after this checkpoint: it must be on disk
+                    comms.run_on_main(saver.wait)
                 if saved:
-                    log.info(f"{tag}: checkpoint {saved}")
+                    log.info(f"{tag}: checkpoint {saved} (writing in the background)")
             if fault is not None:
                 fault.maybe_fire(pos.step)
             if pos.step >= steps:
@@ -226,6 +232,8 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
                 last_eval = pos.step
     if last_eval != pos.step:
         hooks.evaluate(pos.step)
+    if hooks.checkpointer is not None:
+        comms.run_on_main(hooks.checkpointer.wait)  # the last checkpoint is complete before the stage ends
     if hasattr(bar, "close"):
         bar.close()
     result.skipped_steps = skips.total

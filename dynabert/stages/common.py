@@ -13,6 +13,7 @@ from dynabert import models
 from dynabert.checkpoint import Checkpoint
 from dynabert.collectives import Collectives
 from dynabert.config import DEFAULT_MODEL, Config
+from dynabert.errors import UserError
 from dynabert.run_log import RunLog
 from dynabert.stage_state import mark_done, resume_point, stage_done
 from dynabert.task_data import TaskData
@@ -40,7 +41,7 @@ def run_stage(ctx: StageContext, name: str, body: Callable[[StageContext, Option
     """Run one stage: skipped when a resumed run finished it already (``checkpoints/<name>/DONE.json``),
     else ``body(ctx, checkpoint)`` from the checkpoint it resumes (None: fresh), then marked done with
     the dict ``body`` returns."""
-    done = stage_done(ctx.cfg, name) if ctx.resume else None
+    done = stage_done(ctx.cfg, name, ctx.comms) if ctx.resume else None
     if done is not None:
         ctx.log.info(f"{name}: already complete in {ctx.cfg.run.out_dir}")
         return done
@@ -64,6 +65,33 @@ def model_source(name: str) -> str:
 def teacher_source(cfg: Config) -> str:
     """Where the fine-tuned teacher is: the user's, or the one this run's finetune stage wrote."""
     return cfg.model.teacher or os.path.join(cfg.run.out_dir, "teacher")
+
+
+def load_teacher(ctx: StageContext):
+    """The fine-tuned teacher, the same on every rank, in eval mode.
+
+    A teacher the user brings (``model.teacher``) is input, like the data: every node has it. The one
+    this run fine-tuned was written by rank 0, maybe on a disk only rank 0 sees: rank 0 loads it, the
+    others build the same architecture from the base model and receive rank 0's weights."""
+    cfg, comms = ctx.cfg, ctx.comms
+    path = teacher_source(cfg)
+
+    def check() -> None:
+        if not os.path.isdir(path):
+            raise UserError(f"model.teacher: no fine-tuned teacher at {path}; run the finetune stage or set "
+                            "model.teacher")
+
+    if cfg.model.teacher:
+        check()
+        source = path
+    else:
+        comms.decide(check)
+        source = path if comms.is_main else model_source(cfg.model.name_or_path)
+    teacher = models.load_model(source, ctx.data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+    if not cfg.model.teacher:
+        comms.broadcast_parameters(teacher.parameters(), src=0)
+    teacher.eval()
+    return teacher
 
 
 _TOKENIZERS: Dict[str, object] = {}

@@ -12,10 +12,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from dynabert import models
 from dynabert.batching import GlobalBatches, eval_batches, to_tensors
 from dynabert.checkpoint import Checkpoint
-from dynabert.errors import UserError
 from dynabert.export import extract_submodel, save_exported
 from dynabert.importance import compute_importance
 from dynabert.io_utils import atomic_paddle_save
@@ -24,24 +22,22 @@ from dynabert.precision import Precision
 from dynabert.preflight import check_free_space, check_vocabulary
 from dynabert.reorder import reorder_heads_and_neurons
 from dynabert.stage_state import checkpointer, resume_from
-from dynabert.stages.common import (StageContext, describe, improves, is_finite, teacher_source, tokenizer_of,
-                                    width_dir)
+from dynabert.stages.common import (
+    StageContext,
+    describe,
+    improves,
+    is_finite,
+    load_teacher,
+    teacher_source,
+    tokenizer_of,
+    width_dir,
+)
 from dynabert.supernet import Supernet, check_widths
 from dynabert.task_data import TaskData, metrics_on
 from dynabert.train_step import HiddenStates, forward, supernet_step, task_loss
 from dynabert.trainer import LoopHooks, global_throughput, train
 
 NAME = "compress"
-
-
-def load_teacher(ctx: StageContext):
-    path = teacher_source(ctx.cfg)
-    if not os.path.isdir(path):
-        raise UserError(f"model.teacher: no fine-tuned teacher at {path}; run the finetune stage or set "
-                        "model.teacher")
-    teacher = models.load_model(path, ctx.data.num_classes, ctx.cfg.model.dropout, seed=ctx.cfg.run.seed)
-    teacher.eval()
-    return teacher
 
 
 def importance_and_reorder(teacher, data: TaskData, cfg, comms, log,
@@ -154,7 +150,6 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver,
                                     checkpoint_state=lambda: {"best": keeper.state}),
                     resume=resume_from(checkpoint), precision=precision)
-    saver.wait()
     student_states.remove()
     teacher_states.remove()
     comms.run_on_main(lambda: atomic_paddle_save(supernet.state_dict(), ctx.path("compress", "supernet.pdparams")))

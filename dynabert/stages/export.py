@@ -3,46 +3,68 @@
 This is the only place dev is read under the honest protocol: each exported model, and the teacher,
 evaluated once. Rank 0 writes ``export/width_W`` (weights, config, vocabulary, Paddle inference model).
 """
+import json
 import os
 from typing import List
 
-from dynabert import models
+from paddlenlp.transformers import BertConfig
+
 from dynabert.errors import UserError
-from dynabert.export import encoder_parameter_count, load_exported, parameter_count, save_exported
-from dynabert.stages.common import StageContext, describe, teacher_source, tokenizer_of, width_dir
+from dynabert.export import (
+    EXPORT_META,
+    build_small_model,
+    encoder_parameter_count,
+    load_exported,
+    parameter_count,
+    save_exported,
+)
+from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, tokenizer_of, width_dir
 from dynabert.task_data import metrics_on
 from dynabert.train_step import forward
 
 
 def teacher_dev_metrics(ctx: StageContext) -> dict:
     """The teacher's dev metrics, for the table's reference column (one evaluation)."""
-    path = teacher_source(ctx.cfg)
-    teacher = models.load_model(path, ctx.data.num_classes, ctx.cfg.model.dropout)
-    teacher.eval()
+    teacher = load_teacher(ctx)
     result = metrics_on(ctx.data.dev, lambda b: forward(teacher, b), ctx.data, ctx.cfg, ctx.comms)
-    ctx.log.info(f"teacher {path}: dev {describe(result)}")
+    ctx.log.info(f"teacher {teacher_source(ctx.cfg)}: dev {describe(result)}")
     return result
+
+
+def load_kept(ctx: StageContext, source: str, width: float):
+    """A kept sub-model (written by rank 0 during compress) on every rank: rank 0 reads it, the others
+    build the same shape from rank 0's description and receive its weights."""
+    def describe_kept() -> dict:
+        if not os.path.isdir(source):
+            raise UserError(f"export.widths: no compressed model for width {width:g} at {source}; run the "
+                            "compress stage first")
+        with open(os.path.join(source, EXPORT_META)) as f:
+            heads = json.load(f)["num_heads"]
+        return {"config": BertConfig.from_pretrained(source).to_dict(), "num_heads": heads}
+
+    shape = ctx.comms.decide(describe_kept)
+    model = (load_exported(source) if ctx.comms.is_main
+             else build_small_model(BertConfig.from_dict(shape["config"]), shape["num_heads"]))
+    ctx.comms.broadcast_parameters(model.parameters(), src=0)
+    model.eval()
+    return model
 
 
 def export(ctx: StageContext) -> List[dict]:
     """One row per exported width: its metadata and dev metrics."""
-    cfg, comms, log = ctx.cfg, ctx.comms, ctx.log
-    rows = []
-    widths = cfg.export.widths or cfg.compress.widths
-    best_root = ctx.path("compress", "best")
-    for width in sorted(widths, reverse=True):
-        source = width_dir(best_root, width)
-        if not os.path.isdir(source):
-            raise UserError(f"export.widths: no compressed model for width {width:g} at {source}; run the "
-                            "compress stage first")
-        model = load_exported(source)
-        result = metrics_on(ctx.data.dev, lambda b: forward(model, b), ctx.data, cfg, comms)
-        meta = {"width": width, "parameters": parameter_count(model),
-                "encoder_parameters": encoder_parameter_count(model)}
-        out = width_dir(ctx.path("export"), width)
-        meta = comms.run_on_main(lambda: save_exported(model, width, tokenizer_of(cfg), out,
-                                                       inference_model=cfg.export.inference_model)) or meta
-        rows.append({**meta, "metrics": result})
-        log.info(f"export width {width:g}: {meta['parameters']:,} parameters, dev {describe(result)}")
-    comms.barrier()
+    widths = ctx.cfg.export.widths or ctx.cfg.compress.widths
+    rows = [export_width(ctx, width) for width in sorted(widths, reverse=True)]
+    ctx.comms.barrier()
     return rows
+
+
+def export_width(ctx: StageContext, width: float) -> dict:
+    cfg, comms = ctx.cfg, ctx.comms
+    model = load_kept(ctx, width_dir(ctx.path("compress", "best"), width), width)
+    result = metrics_on(ctx.data.dev, lambda b: forward(model, b), ctx.data, cfg, comms)
+    meta = {"width": width, "parameters": parameter_count(model), "encoder_parameters": encoder_parameter_count(model)}
+    out = width_dir(ctx.path("export"), width)
+    meta = comms.run_on_main(lambda: save_exported(model, width, tokenizer_of(cfg), out,
+                                                   inference_model=cfg.export.inference_model)) or meta
+    ctx.log.info(f"export width {width:g}: {meta['parameters']:,} parameters, dev {describe(result)}")
+    return {**meta, "metrics": result}

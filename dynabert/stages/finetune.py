@@ -55,7 +55,6 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver, checkpoint_state=lambda: {"best": best}),
                     resume=resume_from(checkpoint), precision=precision)
-    saver.wait()
     if best["metrics"] is None:
         raise TrainingDiverged("finetune: no finite model to keep (every evaluation was non-finite)")
     comms.barrier()  # rank 0 has written the best teacher
