@@ -219,3 +219,19 @@ def test_failure_while_swapping_in_keeps_previous_export(supernet, tokenizer, tm
     assert swaps, "the failure was not injected at the final swap"
     assert os.path.isdir(out), "the previous export was deleted before the new one was in place"
     np.testing.assert_array_equal(logits_of(load_exported(out), batch), first_logits)
+
+
+def test_paddlenlp_from_pretrained_cannot_load_an_export(exported):
+    """What the README says: PaddleNLP's own loader builds every attention layer with the config's head
+    count, so the kept heads' weights do not fit: it fails, or gives a model that is not the export. (If
+    this starts to fail, the README's list of loaders can grow.)"""
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    sub, out, _ = exported
+    try:
+        model = BertForSequenceClassification.from_pretrained(out)
+    except Exception:
+        return
+    model.eval()
+    batch = make_batch(seed=4)
+    assert not np.allclose(logits_of(model, batch), logits_of(sub, batch), atol=1e-3)
