@@ -66,6 +66,9 @@ class CompressConfig:
     widths: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     lambda_distill: float = 0.1
     lambda_logit: float = 0.1
+    # In-place distillation weight: widths below 1.0 also learn the full width's logits of the same batch
+    # (slimmable networks' sandwich rule; no extra forward pass). 0 turns it off (the tutorial).
+    inplace_distill: float = 0.0
     # Use only the first N batches of the selection split for importance (None: all of it).
     importance_batches: Optional[int] = None
     # "supernet": keep the one training step with the best mean selection metric over all widths, and cut
@@ -165,6 +168,7 @@ def validate(cfg: "Config") -> None:
     _check_widths(cfg.compress.widths, "compress.widths", require_full=True)
     _check(cfg.compress.lambda_distill >= 0, "compress.lambda_distill", "must be >= 0")
     _check(cfg.compress.lambda_logit >= 0, "compress.lambda_logit", "must be >= 0")
+    _check(cfg.compress.inplace_distill >= 0, "compress.inplace_distill", "must be >= 0")
     _check(cfg.compress.importance_batches is None or cfg.compress.importance_batches >= 1,
            "compress.importance_batches", "must be >= 1 or null")
     if cfg.export.widths is not None:

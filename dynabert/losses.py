@@ -41,8 +41,12 @@ def distill_loss(student_hidden: List[paddle.Tensor], teacher_hidden: List[paddl
     """loss = lambda_distill * hidden MSE + lambda_logit * logit loss (soft CE; MSE for regression tasks,
     where a softmax over one output is meaningless)."""
     rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask, token_share)
-    if regression:
-        logit = F.mse_loss(student_logits.astype("float32"), teacher_logits.astype("float32"))
-    else:
-        logit = soft_cross_entropy(student_logits, teacher_logits)
+    logit = logit_loss(student_logits, teacher_logits, regression)
     return {"rep": rep, "logit": logit, "loss": rep + lambda_logit * logit}
+
+
+def logit_loss(student_logits: paddle.Tensor, target_logits: paddle.Tensor, regression: bool) -> paddle.Tensor:
+    """Soft cross-entropy against the target's distribution; MSE for regression (in fp32)."""
+    if regression:
+        return F.mse_loss(student_logits.astype("float32"), target_logits.astype("float32"))
+    return soft_cross_entropy(student_logits, target_logits)

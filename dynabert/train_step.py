@@ -8,7 +8,7 @@ from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from dynabert.losses import distill_loss
+from dynabert.losses import distill_loss, logit_loss
 
 
 class HiddenStates:
@@ -76,24 +76,35 @@ def finetune_step(model, batch, regression: bool, backward: Callable = _backward
 def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_states: HiddenStates,
                   batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
                   lambda_logit: float, regression: bool, backward: Callable = _backward, *,
-                  phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  phase: Optional[Callable[[str], ContextManager]] = None,
+                  inplace_weight: float = 0.0) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
     once-per-width teacher costs ~30% of the step (defect 5, measured in docs/upstream-defects.md).
-    ``phase(name)`` (benchmarks only) wraps each part in a context, "teacher" and "width W", to time it."""
+    ``phase(name)`` (benchmarks only) wraps each part in a context, "teacher" and "width W", to time it.
+
+    ``inplace_weight`` > 0 adds in-place distillation (slimmable networks' "sandwich rule"): every smaller
+    width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
+    by it. The full width then runs first."""
     phase = phase or _no_phase
     with phase("teacher"), paddle.no_grad():
         teacher_logits = forward(teacher, batch)
         teacher_hidden = teacher_states.take()
     losses = {}
-    for width in widths:
+    full_logits = None
+    for width in (sorted(widths, reverse=True) if inplace_weight else widths):
         with phase(f"width {width}"):
             supernet.set_width(width)
             logits = forward(supernet, batch)
             terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
                                  attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
                                  lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression)
+            if inplace_weight and full_logits is not None:
+                terms["inplace"] = logit_loss(logits, full_logits, regression)
+                terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]
+            elif inplace_weight:
+                full_logits = logits.detach()
             backward(terms["loss"])  # (scaled under fp16)
             losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses

@@ -232,3 +232,21 @@ def test_without_padding_the_term_is_the_plain_mse():
                               paddle.ones([3, 5]))
     plain = sum(float(np.mean((s - t) ** 2)) for s, t in zip(student, teacher))
     np.testing.assert_allclose(float(value), plain, rtol=1e-6)
+
+
+def test_inplace_distillation_adds_the_full_widths_logits_as_a_target(setups, teacher):
+    """Smaller widths also learn the width-1.0 student's logits of the same batch (detached), weighted."""
+    batch = random_batch(seed=8)
+    s = setups(seed=9)
+    student_w = model_weights(s.supernet.model)
+    losses = supernet_step(s.supernet, s.student_states, s.teacher, s.teacher_states, tensors(batch), WIDTHS,
+                           1.0, 1.0, False, inplace_weight=0.5)
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    full = numpy_bert_forward(student_w, teacher.config, *args)["logits"]
+    assert "inplace" not in losses[1.0]
+    for w in (0.75, 0.5, 0.25):
+        small = numpy_bert_forward(student_w, teacher.config, *args, heads_kept=round(w * 4), ffn_kept=int(w * 64))
+        np.testing.assert_allclose(float(losses[w]["inplace"]), _soft_ce(small["logits"], full), rtol=1e-4)
+        np.testing.assert_allclose(float(losses[w]["loss"]),
+                                   float(losses[w]["rep"]) + float(losses[w]["logit"]) + 0.5 * _soft_ce(
+                                       small["logits"], full), rtol=1e-4)
