@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Compress fine-tuned BERT models with DynaBERT width adaptation on PaddlePaddle, data-parallel",
     packages=find_packages(include=["dynabert", "dynabert.*", "launcher", "launcher.*", "tools", "tools.*"]),
-    python_requires=">=3.10,<3.12"  # tested on 3.11; dynabert/data.py uses 3.10 syntax,
+    python_requires=">=3.10,<3.12",  # tested on 3.11; dynabert/data.py uses 3.10 syntax
     install_requires=[
         f"{paddle}==2.6.2",
         "paddlenlp==2.8.1",

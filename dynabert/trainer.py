@@ -210,16 +210,8 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
                 last_eval = pos.step
             saver = hooks.checkpointer
             if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step, comms):
-                # Rank 0 copies the state to host memory and hands it to a writer thread; the others wait
-                # on the store meanwhile (a wait for the previous write could outlast gloo's 30 s).
-                at = Position(**vars(pos))
-                saved = comms.run_on_main(lambda: saver.save(
-                    at, lambda: _model_state(named_params), opt.optimizer.state_dict,
-                    {**hooks.checkpoint_state(), "precision": precision.state_dict()}))
-                if faults.configured():  # a test kills a rank after this checkpoint: it must be on disk
-                    comms.run_on_main(saver.wait)
-                if saved:
-                    log.info(f"{tag}: checkpoint {saved} (writing in the background)")
+                _checkpoint(saver, Position(**vars(pos)), named_params=named_params, opt=opt, hooks=hooks,
+                            precision=precision, comms=comms, log=log, tag=tag)
             if fault is not None:
                 fault.maybe_fire(pos.step)
             if pos.step >= steps:
@@ -238,6 +230,19 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
         bar.close()
     result.skipped_steps = skips.total
     return result
+
+
+def _checkpoint(saver: Checkpointer, at: Position, *, named_params, opt: Optimization, hooks: LoopHooks,
+                precision: Precision, comms: Collectives, log: RunLog, tag: str) -> None:
+    """Rank 0 copies the state to host memory and hands it to a writer thread; the others wait on the
+    store meanwhile (waiting for the previous write could outlast gloo's 30 s collective timeout)."""
+    saved = comms.run_on_main(lambda: saver.save(
+        at, lambda: _model_state(named_params), opt.optimizer.state_dict,
+        {**hooks.checkpoint_state(), "precision": precision.state_dict()}))
+    if faults.configured():  # a test kills a rank after this checkpoint: it must be on disk by then
+        comms.run_on_main(saver.wait)
+    if saved:
+        log.info(f"{tag}: checkpoint {saved} (writing in the background)")
 
 
 def _model_state(named_params) -> Dict[str, np.ndarray]:
