@@ -5,8 +5,6 @@ and (SST-2 only) a small synthetic sentiment set generated in code, so that the 
 exercised on a machine without data. The description returned with every split says which was used.
 Metrics live in ``dynabert.metrics``.
 """
-import dynabert  # noqa: F401  (zlib before paddle; PaddleNLP is imported lazily below)
-
 import csv
 import os
 import random
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import dynabert  # noqa: F401  (zlib before paddle; PaddleNLP is imported lazily below)
 from dynabert.errors import UserError
 
 
@@ -120,7 +119,8 @@ def _decoded_lines(path: str, raw):
             # utf-8-sig on line 1: GLUE's MRPC files inherit a byte-order mark from the MSR release.
             text = data.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{number}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {e.start + 1})")
+            raise UserError(f"{path}:{number}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column "
+                            f"{e.start + 1})") from None
         yield number, text.rstrip("\r\n")
 
 
@@ -138,9 +138,9 @@ def read_glue_tsv(path, task, split, limit=None) -> list:
     try:
         raw = open(path, "rb")
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file (needed for {spec.name} {split})")
+        raise UserError(f"{path}: no such file (needed for {spec.name} {split})") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot open: {e.strerror or e}")
+        raise UserError(f"{path}: cannot open: {e.strerror or e}") from None
     examples = []
     current = [0]  # number of the last line handed to csv: GLUE rows never span lines under QUOTE_NONE
 
@@ -176,7 +176,7 @@ def read_glue_tsv(path, task, split, limit=None) -> list:
                 if limit is not None and len(examples) >= limit:
                     break
         except csv.Error as e:
-            raise UserError(f"{path}:{current[0]}: {e}")
+            raise UserError(f"{path}:{current[0]}: {e}") from None
     if not examples:
         if current[0] == 0:
             raise UserError(f"{path}:1: file is empty")
@@ -199,7 +199,7 @@ def _parse_label(spec: TaskSpec, value: str, path: str, line: int):
     except ValueError:
         raise UserError(
             f"{path}:{line}: {spec.label} {value!r} is not one of {', '.join(spec.labels)}"
-        )
+        ) from None
 # ----------------------------------------------------------------------------------------------
 # Choosing a source: GLUE_DIR, PaddleNLP's download, or the built-in synthetic set
 # ----------------------------------------------------------------------------------------------

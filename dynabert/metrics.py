@@ -10,14 +10,13 @@ task registry in ``dynabert.data``:
 
 The main keys follow PaddleNLP's GLUE metrics, whose first value is the one its examples select on.
 """
-import dynabert  # noqa: F401  (zlib must be loaded before anything imports paddle)
-
 import warnings
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+import dynabert  # noqa: F401  (zlib must be loaded before anything imports paddle)
 from dynabert.data import get_task
 
 

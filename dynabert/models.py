@@ -18,13 +18,13 @@ import importlib.util
 import json
 import os
 
-import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
 import numpy as np
 import paddle
 from paddlenlp.transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 from paddlenlp.transformers.bert.modeling import BertPretrainedModel
 from paddlenlp.utils.log import logger as _paddlenlp_logger
 
+import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 

@@ -19,14 +19,14 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: config file not found") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(e, "problem", None) or str(e)
-        raise UserError(f"{where}: invalid YAML: {problem}")
+        raise UserError(f"{where}: invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -124,7 +124,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
     try:
         cfg = _build(Config(), data)
     except UserError as e:
-        raise UserError(f"{path}: {e}")
+        raise UserError(f"{path}: {e}") from None
     overrides = list(overrides)
     if not overrides:
         return cfg
@@ -134,7 +134,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
     try:
         return _build(Config(), data)
     except UserError as e:
-        raise UserError(f"--set: {e}")
+        raise UserError(f"--set: {e}") from None
 
 
 def config_to_dict(cfg: Config) -> Dict[str, Any]:

@@ -5,7 +5,6 @@ Models are in eval mode (no dropout) so every number is deterministic; gradients
 Expected loss values come from the float64 NumPy reference (tests/reference_bert.py), not from the
 code under test.
 """
-import dynabert  # noqa: F401  (zlib before paddle)
 import numpy as np
 import paddle
 import pytest
@@ -27,7 +26,7 @@ def perturb(supernet, seed=0, scale=0.05):
     """Move every student parameter a little (the same way for the same seed)."""
     rng = np.random.RandomState(seed)
     with paddle.no_grad():
-        for name, p in sorted(supernet.model.state_dict().items()):
+        for _name, p in sorted(supernet.model.state_dict().items()):
             p.set_value(p.numpy() + scale * rng.standard_normal(p.shape).astype(np.float32))
 
 

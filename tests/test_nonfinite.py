@@ -12,8 +12,8 @@ from dynabert.config import OptimConfig
 from dynabert.data import Feature
 from dynabert.errors import TrainingDiverged
 from dynabert.models import tiny_bert
-from dynabert.stages.common import improves, is_finite
 from dynabert.run_log import RunLog
+from dynabert.stages.common import improves, is_finite
 from dynabert.train_step import finetune_step
 from dynabert.trainer import LoopSettings, train
 

@@ -10,24 +10,26 @@ import hashlib
 import json
 import os
 import sys
+import zlib  # noqa: F401  (before paddle: defect 1 in docs/upstream-defects.md)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import dynabert  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
+import dynabert  # noqa: E402,F401
 from dynabert import models  # noqa: E402
 from dynabert.batching import GlobalBatches  # noqa: E402
 from dynabert.run_log import RunLog  # noqa: E402
 from dynabert.stages.common import seed_everything  # noqa: E402
 from dynabert.stages.compress import importance_and_reorder  # noqa: E402
 from dynabert.supernet import Supernet  # noqa: E402
-from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
 from dynabert.task_data import metrics_on, prepare_data  # noqa: E402
+from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
 from dynabert.trainer import LoopSettings, losses_to_floats, train  # noqa: E402
 from launcher.config import load_config  # noqa: E402
 from launcher.fleet_setup import init_collectives  # noqa: E402
+
 
 def digest(params) -> str:
     h = hashlib.sha256()
