@@ -28,5 +28,8 @@ setup(
         "scipy",
     ],
     extras_require={"test": ["pytest", "hypothesis", "ruff"]},
-    entry_points={"console_scripts": ["dynabert-launch=launcher.cli:main"]},
+    entry_points={"console_scripts": [
+        "dynabert-launch=launcher.cli:main",
+        "dynabert-bench=launcher.bench:main",
+    ]},
 )

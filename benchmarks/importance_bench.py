@@ -31,7 +31,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     common.apply_threads(args.threads)
-    import dynabert  # noqa: F401
     import numpy as np
     import paddle
 
@@ -102,7 +101,8 @@ def main(argv=None):
         f"{args.eval_batch_size} sorted by length ({n_batches} batches). Data: {w.data_source}.",
         "",
         common.md_table(["measurement", "seconds"], [
-            ["dev evaluation pass (forward, no_grad), median of %d" % len(eval_seconds), result["eval_pass_median_seconds"]],
+            ["dev evaluation pass (forward, no_grad), median of %d" % len(eval_seconds),
+             result["eval_pass_median_seconds"]],
             ["importance over the dev set (forward + backward + scores)", importance_seconds]]),
         "",
         f"**Importance = {result['importance_over_eval']:.2f} x one evaluation pass.**",

@@ -43,27 +43,40 @@ def main(argv=None):
 
 
 def run(args, threads):
-    import time
-
-    import dynabert  # noqa: F401
-    import numpy as np
     import paddle
-
-    from benchmarks import workload as W
-    from dynabert import models
-    from dynabert.export import extract_submodel, inference_predictor, run_predictor, save_exported
-    from dynabert.supernet import Supernet
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
     paddlenlp_logger.set_level("WARNING")  # its INFO lines ("Configuration saved in ...") are noise here
     paddle.set_device("gpu" if args.device == "gpu" else "cpu")
+    w, sn, inputs = build_supernet_and_inputs(args)
+    with tempfile.TemporaryDirectory(prefix="dynabert-latency-") as tmp:
+        predictors, rows = export_and_check(args, w, sn, inputs, tmp, threads)
+        time_in_rounds(args, predictors, rows, inputs)
+        predictors.clear()
+    result = summarise(args, w, rows, threads, seq_len=next(iter(inputs.values()))["input_ids"].shape[1])
+    md = markdown(result)
+    common.write_result(args.out, "latency", result, md)
+    plot(result, os.path.join(args.out, "latency.png"))
+    print(md, flush=True)
+
+
+def batch_sizes(args):
+    return [int(b) for b in args.batches.split(",")]
+
+
+def build_supernet_and_inputs(args):
+    """The (reordered) supernet and one input batch per batch size: random ids, every position a token."""
+    import numpy as np
+
+    from benchmarks import workload as W
+    from dynabert.supernet import Supernet
+
     w = W.load_workload(args.smoke, train_limit=64, dev_limit=8)
     state = W.load_state(args.teacher_state) if args.teacher_state else None
     teacher = W.new_teacher(w, state)
     sn = Supernet(teacher, W.WIDTHS)
     sn.eval()
     seq = min(args.seq_len, teacher.config.max_position_embeddings)
-    batch_sizes = [int(b) for b in args.batches.split(",")]
     vocab = teacher.config.vocab_size
     rng = np.random.RandomState(W.SEED)
 
@@ -73,66 +86,87 @@ def run(args, threads):
         return {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
                 "attention_mask": np.ones((b, seq), np.float32)}
 
-    inputs = {b: make_batch(b) for b in batch_sizes}
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="dynabert-latency-") as tmp:
-        tokenizer = _tokenizer(w, tmp, models)
-        predictors = {}
+    return w, sn, {b: make_batch(b) for b in batch_sizes(args)}
+
+
+def export_and_check(args, w, sn, inputs, tmp, threads):
+    """Every width cut out, saved as an inference model and loaded in a predictor, whose output is checked
+    against the supernet at that width first."""
+    import numpy as np
+    import paddle
+
+    from benchmarks import workload as W
+    from dynabert import models
+    from dynabert.export import extract_submodel, inference_predictor, run_predictor, save_exported
+
+    tokenizer = _tokenizer(w, tmp, models)
+    predictors, rows = {}, []
+    first = inputs[batch_sizes(args)[0]]
+    check = {k: v[:2] for k, v in first.items()}
+    for width in W.WIDTHS:
+        sub = extract_submodel(sn, width)
+        path = os.path.join(tmp, f"width_{width:g}")
+        meta = save_exported(sub, width, tokenizer, path, inference_model=True)
+        predictor = inference_predictor(path, threads, device=args.device)
+        sn.set_width(width)
+        with paddle.no_grad():
+            expected = sn(paddle.to_tensor(check["input_ids"]), paddle.to_tensor(check["token_type_ids"]),
+                          paddle.to_tensor(check["attention_mask"])).numpy()
+        max_diff = float(np.abs(run_predictor(predictor, check) - expected).max())
+        predictors[width] = predictor
+        rows.append({"width": width, "parameters": meta["parameters"], "heads": meta["num_heads"],
+                     "max_abs_diff_vs_supernet": max_diff, "latency": {}})
+    return predictors, rows
+
+
+def time_in_rounds(args, predictors, rows, inputs) -> None:
+    """Timed in rounds, every width once per round in a rotating order, so that a slow period of the
+    machine (other processes) hits all widths alike instead of whichever ran then."""
+    import time
+
+    from benchmarks import workload as W
+    from dynabert.export import run_predictor
+
+    for b in batch_sizes(args):
+        batch = inputs[b]
         for width in W.WIDTHS:
-            sub = extract_submodel(sn, width)
-            path = os.path.join(tmp, f"width_{width:g}")
-            meta = save_exported(sub, width, tokenizer, path, inference_model=True)
-            predictor = inference_predictor(path, threads, device=args.device)
-            # correctness first: the predictor computes what the supernet computes at this width
-            check = {k: v[:2] for k, v in inputs[batch_sizes[0]].items()}
-            sn.set_width(width)
-            with paddle.no_grad():
-                expected = sn(paddle.to_tensor(check["input_ids"]), paddle.to_tensor(check["token_type_ids"]),
-                              paddle.to_tensor(check["attention_mask"])).numpy()
-            max_diff = float(np.abs(run_predictor(predictor, check) - expected).max())
-            predictors[width] = predictor
-            rows.append({"width": width, "parameters": meta["parameters"], "heads": meta["num_heads"],
-                         "max_abs_diff_vs_supernet": max_diff, "latency": {}})
-        # Timed in rounds, every width once per round in a rotating order, so that a slow period of the
-        # machine (other processes) hits all widths alike instead of whichever ran then.
-        for b in batch_sizes:
-            batch = inputs[b]
-            for width in W.WIDTHS:
-                for _ in range(2):  # warm-up
-                    run_predictor(predictors[width], batch)
-            times = {width: [] for width in W.WIDTHS}
-            rounds = 0
-            while rounds < 3 or (min(sum(t) for t in times.values()) < args.min_seconds and rounds < args.max_runs):
-                order = list(W.WIDTHS[rounds % len(W.WIDTHS):]) + list(W.WIDTHS[:rounds % len(W.WIDTHS)])
-                for width in order:
-                    start = time.perf_counter()
-                    run_predictor(predictors[width], batch)
-                    times[width].append(time.perf_counter() - start)
-                rounds += 1
-            for row in rows:
-                t = times[row["width"]]
-                row["latency"][str(b)] = {"median_seconds": common.median(t), "runs": len(t), "min_seconds": min(t)}
+            for _ in range(2):  # warm-up
+                run_predictor(predictors[width], batch)
+        times = {width: [] for width in W.WIDTHS}
+        rounds = 0
+        while rounds < 3 or (min(sum(t) for t in times.values()) < args.min_seconds and rounds < args.max_runs):
+            order = list(W.WIDTHS[rounds % len(W.WIDTHS):]) + list(W.WIDTHS[:rounds % len(W.WIDTHS)])
+            for width in order:
+                start = time.perf_counter()
+                run_predictor(predictors[width], batch)
+                times[width].append(time.perf_counter() - start)
+            rounds += 1
         for row in rows:
-            print(f"width {row['width']:g}: " + ", ".join(
-                f"batch {b}: {row['latency'][str(b)]['median_seconds'] * 1000:.1f} ms" for b in batch_sizes)
-                + f" (max |diff| vs supernet {row['max_abs_diff_vs_supernet']:.2e})", flush=True)
-        predictors.clear()
+            t = times[row["width"]]
+            row["latency"][str(b)] = {"median_seconds": common.median(t), "runs": len(t), "min_seconds": min(t)}
+    for row in rows:
+        print(f"width {row['width']:g}: " + ", ".join(
+            f"batch {b}: {row['latency'][str(b)]['median_seconds'] * 1000:.1f} ms" for b in batch_sizes(args))
+            + f" (max |diff| vs supernet {row['max_abs_diff_vs_supernet']:.2e})", flush=True)
+
+
+def summarise(args, w, rows, threads, seq_len) -> dict:
     full = next(r for r in rows if r["width"] == 1.0)
     for r in rows:
         r["ratio_to_full"] = {b: r["latency"][b]["median_seconds"] / full["latency"][b]["median_seconds"]
                               for b in r["latency"]}
     accuracy, acc_source = _accuracy(args.results_json)
     half = next((r for r in rows if r["width"] == 0.5), None)
-    big = str(max(batch_sizes))
-    result = {
+    big = str(max(batch_sizes(args)))
+    return {
         "benchmark": "latency",
         "smoke": args.smoke,
         "device": args.device,
         "model": w.model_name,
         "predictor": "Paddle Inference, " + ("GPU" if args.device == "gpu" else
                                              f"CPU, {threads} math-library threads, MKLDNN off"),
-        "seq_len": seq,
-        "batch_sizes": batch_sizes,
+        "seq_len": seq_len,
+        "batch_sizes": batch_sizes(args),
         "input": "random token ids, every position a real token (attention mask all ones)",
         "rows": rows,
         "width_0.5_ratio_at_batch_%s" % big: half["ratio_to_full"][big] if half else None,
@@ -142,33 +176,38 @@ def run(args, threads):
         "accuracy_source": acc_source,
         "machine": common.machine_info(args.device),
     }
+
+
+def markdown(result: dict) -> str:
+    rows, sizes, accuracy = result["rows"], result["batch_sizes"], result["accuracy"]
+    big = str(max(sizes))
+    key = "width_0.5_ratio_at_batch_" + big
     table = [[f"{r['width']:g}", r["heads"], f"{r['parameters']:,}"]
-             + [r["latency"][str(b)]["median_seconds"] * 1000 for b in batch_sizes]
-             + [r["ratio_to_full"][str(b)] for b in batch_sizes]
+             + [r["latency"][str(b)]["median_seconds"] * 1000 for b in sizes]
+             + [r["ratio_to_full"][str(b)] for b in sizes]
              + ([accuracy.get(f"{r['width']:g}", "")] if accuracy else [])
              for r in rows]
-    header = (["width", "heads", "parameters"] + [f"batch {b} ms" for b in batch_sizes]
-              + [f"ratio to 1.0 (batch {b})" for b in batch_sizes] + (["dev accuracy"] if accuracy else []))
-    md = "\n".join([
+    header = (["width", "heads", "parameters"] + [f"batch {b} ms" for b in sizes]
+              + [f"ratio to 1.0 (batch {b})" for b in sizes] + (["dev accuracy"] if accuracy else []))
+    return "\n".join([
         f"# Inference latency per width ({result['predictor']})",
         "",
-        f"Model: {w.model_name}. Sequence length {seq}; {result['input']}. Median of timed runs after 2 warm-ups; widths interleaved in rotating rounds.",
+        f"Model: {result['model']}. Sequence length {result['seq_len']}; {result['input']}. Median of timed runs "
+        "after 2 warm-ups; widths interleaved in rotating rounds.",
         "",
         common.md_table(header, table),
         "",
-        f"**Width 0.5 at batch {big}: {result['width_0.5_ratio_at_batch_' + big]:.3f} x width 1.0** "
-        f"(target <= 0.6: {'met' if result['target_met'] else 'MISSED'})." if half else "",
-        f"Accuracy from {acc_source}." if accuracy else "No results.json given: accuracy omitted.",
+        f"**Width 0.5 at batch {big}: {result[key]:.3f} x width 1.0** "
+        f"(target <= 0.6: {'met' if result['target_met'] else 'MISSED'})." if result[key] is not None else "",
+        f"Accuracy from {result['accuracy_source']}." if accuracy else "No results.json given: accuracy omitted.",
     ])
-    common.write_result(args.out, "latency", result, md)
-    plot(result, os.path.join(args.out, "latency.png"))
-    print(md, flush=True)
 
 
 def _tokenizer(w, tmp, models):
     if w.model_dir:
         return models.load_tokenizer(w.model_dir)
     from paddlenlp.transformers import BertTokenizer
+
     from benchmarks.workload import SMOKE_VOCAB
     vocab = os.path.join(tmp, "vocab.txt")
     with open(vocab, "w") as f:

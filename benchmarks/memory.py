@@ -5,7 +5,8 @@
 Each side runs in its own fresh process (the allocator keeps what an earlier phase freed, so two sides in
 one process cannot be told apart). Resident set from /proc/self/status: VmRSS after the models and the
 optimizer are built, and VmHWM (the peak) after ``--steps`` training steps on the fixed batch, train mode.
-Both sides hold one teacher and one student; on GPU also paddle's max allocated device memory.
+Both sides hold one teacher and one student; on GPU also paddle's max allocated device memory. The
+project's step is ``dynabert.bench_step.CompressStep`` (the compress step and the trainer's Optimization).
 Writes ``memory_<side>.json``; run_all merges the two into memory.json/.md.
 """
 import argparse
@@ -34,7 +35,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     common.apply_threads(args.threads)
-    import dynabert  # noqa: F401
     import paddle
 
     from benchmarks import workload as W
@@ -44,43 +44,28 @@ def main(argv=None):
     rss_start = common.rss_bytes()
     w = W.load_workload(args.smoke, train_limit=512, dev_limit=8)
     state = W.load_state(args.teacher_state) if args.teacher_state else None
-    batch = to_tensors(W.fixed_batch(w, args.global_batch, args.seq_len))
+    batch = W.fixed_batch(w, args.global_batch, args.seq_len)  # numpy: each side copies it in
     paddle.seed(W.SEED + 1)
 
-    if args.side == "project":
-        from dynabert.config import OptimConfig
-        from dynabert.supernet import Supernet
-        from dynabert.train_step import HiddenStates, supernet_step
-        from dynabert import trainer as trainer_module
-        from dynabert.trainer import make_optimizer
+    if args.side == "project":  # the step dynabert-bench measures: supernet_step + the trainer's Optimization
+        from dynabert.bench_step import CompressStep
+        from dynabert.collectives import SingleProcess
 
-        teacher = W.new_teacher(w, state)
-        sn = Supernet(teacher, W.WIDTHS)
-        s_states, t_states = HiddenStates(sn.model), HiddenStates(teacher)
-        named = list(sn.model.named_parameters())
-        optimizer, schedule = make_optimizer(named, OptimConfig(batch_size=args.global_batch), 1000)
-        params = [p for _, p in named]
-        gradients_finite = getattr(trainer_module, "gradients_finite", None)
-        sn.train()
-
-        def step():
-            supernet_step(sn, s_states, teacher, t_states, batch, sn.widths, W.LAMBDA_DISTILL, W.LAMBDA_LOGIT,
-                          False)
-            if gradients_finite is None or gradients_finite(params):  # one process: no all-reduce
-                optimizer.step()
-            schedule.step()
-            optimizer.clear_grad()
+        project = CompressStep(W.new_teacher(w, state), W.bench_config(args.global_batch), SingleProcess(),
+                               regression=False, steps=1000)
+        step = lambda index: project(batch, index)  # noqa: E731
     else:
         from benchmarks.seed_reference import SeedReference
 
         ref = SeedReference(lambda: W.new_teacher(w), state, W.WIDTHS, W.LAMBDA_DISTILL, W.LAMBDA_LOGIT)
         ref.train()
-        step = lambda: ref.step(batch)  # noqa: E731
+        tensors = to_tensors(batch)
+        step = lambda index: ref.step(tensors)  # noqa: E731
 
     rss_built = common.rss_bytes()
     peak_built = common.peak_rss_bytes()
-    for _ in range(args.steps):
-        step()
+    for index in range(args.steps):
+        step(index)
     result = {
         "side": args.side,
         "steps": args.steps,
@@ -128,9 +113,11 @@ def merge(out_dir: str) -> dict:
         f"Model: {p['model']}; batch {p['batch'][0]} x {p['batch'][1]} tokens; {p['steps']} training steps; "
         "one fresh process per side (teacher + student + AdamW).",
         "",
-        common.md_table(["side", "RSS after build", "peak RSS (VmHWM)", "peak - RSS after build", "GPU max allocated"], rows),
+        common.md_table(["side", "RSS after build", "peak RSS (VmHWM)", "peak - RSS after build",
+                         "GPU max allocated"], rows),
         "",
-        f"Peak RSS ratio project/reference: {result['peak_ratio_project_over_reference']:.3f}; training increment ratio: "
+        f"Peak RSS ratio project/reference: {result['peak_ratio_project_over_reference']:.3f}; "
+        "training increment ratio: "
         + (f"{result['increment_ratio_project_over_reference']:.3f}" if result["increment_ratio_project_over_reference"]
            else "n/a"),
     ])

@@ -253,8 +253,8 @@ def summarise(out: str, nproc: int, runs: List[dict], total_seconds: float, smok
         summary[f"step_{nproc}proc"] = _step_summary(sn)
         lines += _step_lines(f"{nproc} processes", sn, target=None)
         ar = sn["allreduce"]
-        lines += [f"- All-reduces per optimizer step ({nproc} processes, counted by wrapping "
-                  f"paddle.distributed.all_reduce): project {ar['project_calls_per_step']}, reference "
+        lines += [f"- All-reduces per optimizer step ({nproc} processes, read from the counters "
+                  f"PaddleCollectives keeps): project {ar['project_calls_per_step']}, reference "
                   f"{ar['reference_calls_per_step']}; bytes per step: project "
                   f"{', '.join(common.fmt_bytes(b) for b in ar['project_bytes_per_step'])} "
                   f"({ar['project_bytes_over_param_bytes']} x parameter bytes), reference "
@@ -267,14 +267,15 @@ def summarise(out: str, nproc: int, runs: List[dict], total_seconds: float, smok
                        if s1[side]["dynamic"]["steps"] else None for side in ("project", "reference")}
         summary["scaling"] = {"processes": nproc, "throughput_ratio_fixed_batch": scaling,
                               "throughput_ratio_dynamic": scaling_dyn,
-                              "threads": {"1proc": s1["threads_per_process"], f"{nproc}proc": sn["threads_per_process"]}}
+                              "threads": {"1proc": s1["threads_per_process"],
+                                          f"{nproc}proc": sn["threads_per_process"]}}
         lines += [f"## Scaling {nproc} processes vs 1 ({device})", "",
                   f"Throughput (samples/s) ratio, {nproc} proc x {sn['threads_per_process']} thread(s) (global batch "
                   f"{sn['fixed_batch']['global_batch']}) vs 1 proc x {s1['threads_per_process']} thread(s) (batch "
                   f"{s1['fixed_batch']['global_batch']}): "
                   f"project {scaling['project']:.2f}x, reference {scaling['reference']:.2f}x (fixed batch); "
-                  + (f"dynamic padding: project {scaling_dyn['project']:.2f}x, reference {scaling_dyn['reference']:.2f}x"
-                     if scaling_dyn["project"] else ""), ""]
+                  + (f"dynamic padding: project {scaling_dyn['project']:.2f}x, "
+                     f"reference {scaling_dyn['reference']:.2f}x" if scaling_dyn["project"] else ""), ""]
     if imp:
         summary["importance"] = {k: imp[k] for k in ("eval_pass_median_seconds", "importance_seconds",
                                                      "importance_over_eval")}
@@ -284,10 +285,9 @@ def summarise(out: str, nproc: int, runs: List[dict], total_seconds: float, smok
     if lat:
         big = str(max(lat["batch_sizes"]))
         key = f"width_0.5_ratio_at_batch_{big}"
-        summary["latency"] = {"rows": [{"width": r["width"], **{f"batch_{b}_ms": r["latency"][b]["median_seconds"] * 1000
-                                                                for b in r["latency"]},
-                                        "ratio_to_full": r["ratio_to_full"]} for r in lat["rows"]],
-                              key: lat.get(key), "target_met": lat.get("target_met")}
+        rows = [{"width": r["width"], **{f"batch_{b}_ms": t["median_seconds"] * 1000 for b, t in r["latency"].items()},
+                 "ratio_to_full": r["ratio_to_full"]} for r in lat["rows"]]
+        summary["latency"] = {"rows": rows, key: lat.get(key), "target_met": lat.get("target_met")}
         bs = [str(b) for b in lat["batch_sizes"]]
         rows = [[f"{r['width']:g}"] + [r["latency"][b]["median_seconds"] * 1000 for b in bs]
                 + [r["ratio_to_full"][b] for b in bs] for r in lat["rows"]]
@@ -351,10 +351,12 @@ def _step_lines(title: str, s: dict, target: Optional[float]) -> List[str]:
            f"- median step: project {p['median_step_seconds']:.3f}s, reference {r['median_step_seconds']:.3f}s; "
            f"**ratio {ratio:.3f}**{verdict}; median of the A/B pair ratios {s['median_pair_ratio']:.3f} "
            f"(pairs {', '.join(f'{x:.3f}' for x in s['pair_ratios'])})",
-           f"- samples/s (fixed batch): project {p['samples_per_s_fixed']:.2f}, reference {r['samples_per_s_fixed']:.2f}"]
+           f"- samples/s (fixed batch): project {p['samples_per_s_fixed']:.2f}, "
+           f"reference {r['samples_per_s_fixed']:.2f}"]
     if p["dynamic"]["steps"]:
         out.append(f"- dynamic padding ({p['dynamic']['steps']} batches, lengths {p['dynamic']['seq_lens']}): project "
-                   f"{p['dynamic']['samples_per_s']:.2f} samples/s, {p['dynamic']['tokens_per_s']:.0f} tokens/s; reference "
+                   f"{p['dynamic']['samples_per_s']:.2f} samples/s, {p['dynamic']['tokens_per_s']:.0f} tokens/s; "
+                   "reference "
                    f"{r['dynamic']['samples_per_s']:.2f} samples/s, {r['dynamic']['tokens_per_s']:.0f} tokens/s "
                    f"(ratio {s['ratio_dynamic']:.3f})")
     out.append(f"- step-0 equivalence: loss terms max |diff| {max(e['loss_max_abs_diff'] for e in eq):.3g}, gradients "
@@ -394,7 +396,7 @@ def plot_steps(results: List[dict], path: str) -> None:
             x += 1
         x += 0.5
     ticks, pos = [], 0.0
-    for res in results:
+    for _ in results:
         ticks += [pos, pos + 1]
         pos += 2.5
     ax.set_xticks(ticks)

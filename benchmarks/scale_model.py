@@ -186,7 +186,8 @@ def main(argv=None):
                                              fractions["unit_seconds_measured"]),
         f"project {fp['total']:.2f} (teacher once, no_grad: {fp['teacher']:.2f}; widths "
         + ", ".join(f"{w}: {v:.2f}" for w, v in fp["widths"].items()) + f"); reference {fr['total']:.2f} "
-        f"(teacher in every width: {fr['teacher']:.2f}; widths " + ", ".join(f"{w}: {v:.2f}" for w, v in fr["widths"].items())
+        f"(teacher in every width: {fr['teacher']:.2f}; widths "
+        + ", ".join(f"{w}: {v:.2f}" for w, v in fr["widths"].items())
         + ").",
         f"All-reduce bytes per step in parameter-bytes: project {allreduces['project']:g}, reference "
         f"{allreduces['reference']:g} ({allreduces['source']}).",
@@ -194,9 +195,11 @@ def main(argv=None):
         "Assumptions: " + "; ".join(f"{k}: {v}" for k, v in result["assumptions"].items()) + ".",
         "",
         f"GPU compute per step: project {table['compute_seconds']['project'] * 1000:.1f} ms, reference "
-        f"{table['compute_seconds']['reference'] * 1000:.1f} ms (one full-width fwd+bwd of {a.per_gpu_batch} x {a.seq}: "
+        f"{table['compute_seconds']['reference'] * 1000:.1f} ms "
+        f"(one full-width fwd+bwd of {a.per_gpu_batch} x {a.seq}: "
         f"{table['unit_gpu_seconds'] * 1000:.1f} ms); AdamW {table['optimizer_seconds'] * 1000:.1f} ms; project's "
-        f"gradient fusion copies {table['fusion_copy_seconds'] * 1000:.1f} ms; gradients {common.fmt_bytes(table['grad_bytes'])}.",
+        f"gradient fusion copies {table['fusion_copy_seconds'] * 1000:.1f} ms; "
+        f"gradients {common.fmt_bytes(table['grad_bytes'])}.",
         "",
         "Step time = compute + optimizer (+ fusion copies, project) + (all-reduces per step) x T_ar, with",
         "T_ar = 2(g-1)/g * S / B_nvlink + 2(n-1)/n * S / B_inter  (hierarchical ring; g GPUs/node, n nodes, S bytes).",

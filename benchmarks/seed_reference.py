@@ -1,6 +1,7 @@
 """Our re-implementation of the DynaBERT tutorial's training loop, written from the tutorial text
 (/work/shared/seed/dynabert-ofa-tutorial.rst, section "基于PaddleSlim进行模型压缩", steps 1-8), to compare the
 project against. It is not the project's code and does not call it, except for the two crash fixes below.
+Defect numbers refer to docs/upstream-defects.md.
 
 Kept as the tutorial has it:
   * student: ``Convert(supernet(expand_ratio=[0.25, 0.5, 0.75, 1.0])).convert(model)``, then
@@ -10,7 +11,7 @@ Kept as the tutorial has it:
   * ``set_epoch(0)``, ``set_task('width')``;
   * per width of [1.0, 0.75, 0.5, 0.25]: ``dynabert_config`` -> ``set_net_config`` ->
     ``logits, teacher_logits = ofa_model(input_ids, token_type_ids, attention_mask=...)``. OFA runs the
-    teacher INSIDE every forward: once per width, not under ``no_grad`` (defect 5 of the notes);
+    teacher INSIDE every forward: once per width, not under ``no_grad`` (defect 5);
     ``rep_loss = ofa_model.calc_distill_loss()``, ``logit_loss = soft_cross_entropy(logits,
     teacher_logits.detach())``, ``loss = rep_loss + lambda_logit * logit_loss``, ``loss.backward()``;
   * then ``optimizer.step()``, ``lr_scheduler.step()``, ``ofa_model.model.clear_gradients()``, with the
@@ -40,7 +41,6 @@ gradient is mean(g_1) + ... + mean(g_k) on every rank.
 import time
 from typing import Callable, Dict, Optional, Sequence
 
-import dynabert  # noqa: F401  (zlib before paddle)
 import paddle
 import paddle.nn.functional as F
 from paddlenlp.transformers import LinearDecayWithWarmup

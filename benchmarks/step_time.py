@@ -8,27 +8,34 @@
 Both sides are built from the same (importance-reordered) teacher state, and are checked to hold
 identical student weights before anything runs. In one process run:
 
-1. step 0, dropout off (eval mode), same batch: the per-width loss terms (rep, logit, loss) and the
-   accumulated (and, with >1 process, averaged) gradients of the two sides are compared; then each side
-   takes its optimizer step (this pair doubles as the warm-up and is not timed);
+1. step 0, dropout off (eval mode), on a batch WITHOUT padding (``workload.unpadded_batch``): the per-width
+   loss terms (rep, logit, loss) and the accumulated (and, with >1 process, averaged) gradients of the two
+   sides are compared; then each side takes its optimizer step (this pair doubles as the warm-up and is
+   not timed). The project's hidden-state loss averages over real tokens, the tutorial's over every
+   position (dynabert/losses.py), so the two agree only where nothing is padding;
 2. one untimed train-mode warm-up pair, then alternating A/B repeats (A = project, B = reference), train
-   mode (dropout on), on a fixed global batch
-   of real SST-2 rows (random ids in smoke mode) padded to --seq-len tokens;
+   mode (dropout on), on a fixed global batch of real SST-2 rows (random ids in smoke mode) padded to
+   --seq-len tokens;
 3. alternating A/B steps on real SST-2 batches with dynamic padding (GlobalBatches, as training uses),
    for samples/s and tokens/s.
 
-Project step = ``dynabert.train_step.supernet_step`` + one fused gradient all-reduce
-(``Collectives.all_reduce_gradients``) + AdamW step, exactly the body of ``dynabert.trainer.train``.
-All-reduce calls and bytes are counted by wrapping ``paddle.distributed.all_reduce`` in this process.
+Project step = ``dynabert.bench_step.CompressStep``, the step `dynabert-bench` measures: the compress
+stage's ``supernet_step``, then the trainer's own ``Optimization`` (one fused gradient all-reduce, the
+finiteness verdict, AdamW with clipping, the schedule), timed by phase. All-reduce calls and bytes are
+read from the counters ``PaddleCollectives`` keeps (zero in one process: there is no all-reduce).
 """
 import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402  (no paddle yet)
+
+EQUIVALENCE_LEN = 16  # tokens per row of the unpadded step-0 batch (most SST-2 rows are shorter than 64)
 
 
 def parse_args(argv=None):
@@ -52,226 +59,186 @@ def main(argv=None):
     run(args)
 
 
-# --------------------------------------------------------------------------------------------------
 def run(args):
     args.load_start = common.load_average()
-    import dynabert  # noqa: F401
+    ab = build_sides(args)
+    equivalence = step0equivalence_report(ab, args)
+    timed_repeats(ab, args)
+    dynamic_steps(ab, args)
+    report(ab, args, equivalence)
+
+
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Sides:
+    """Both sides of the A/B comparison and what measuring them needs."""
+    comms: object
+    sync: Callable[[], None]
+    workload: object
+    project: object    # dynabert.bench_step.CompressStep
+    reference: object  # benchmarks.seed_reference.SeedReference
+    param_bytes: int
+    param_count: int
+    project_steps: int = 0
+    record: Dict[str, List[dict]] = field(default_factory=lambda: {"project": [], "reference": []})
+
+    def counters(self):
+        return getattr(self.comms, "all_reduce_calls", 0), getattr(self.comms, "all_reduce_bytes", 0)
+
+    def measured(self, fn):
+        """fn's result, its seconds (the ranks start together, the device drained at both ends) and the
+        all-reduce calls and bytes it made."""
+        self.comms.barrier()
+        calls, nbytes = self.counters()
+        self.sync()
+        start = time.perf_counter()
+        result = fn()
+        self.sync()
+        seconds = time.perf_counter() - start
+        after = self.counters()
+        return result, seconds, after[0] - calls, after[1] - nbytes
+
+
+def build_sides(args) -> Sides:
     import numpy as np
     import paddle
-    import paddle.distributed as dist
 
-    from benchmarks import seed_reference, workload as W
-    from dynabert.batching import GlobalBatches, to_tensors
-    from dynabert.config import OptimConfig
-    from dynabert.supernet import Supernet
-    from dynabert.train_step import HiddenStates, supernet_step
-    from dynabert import trainer as trainer_module
-    from dynabert.trainer import make_optimizer
+    from benchmarks import seed_reference
+    from benchmarks import workload as W
+    from benchmarks.equivalence import compare_named
+    from dynabert.bench_step import CompressStep, device_sync
     from launcher.fleet_setup import init_collectives
 
-    counts = {"calls": 0, "bytes": 0}
-    real_all_reduce = dist.all_reduce
-
-    def counting_all_reduce(tensor, *a, **k):  # benchmark-only instrumentation of this process
-        counts["calls"] += 1
-        counts["bytes"] += int(tensor.numel()) * tensor.element_size()
-        return real_all_reduce(tensor, *a, **k)
-
-    dist.all_reduce = counting_all_reduce
     if args.device == "gpu" and not paddle.is_compiled_with_cuda():
         raise SystemExit("--device gpu needs paddlepaddle-gpu")
     comms = init_collectives()
     if args.device == "cpu":
         paddle.set_device("cpu")
-    on_gpu = args.device == "gpu"
-    if on_gpu:
+    else:
         paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
-
-    def sync():
-        if on_gpu:
-            paddle.device.cuda.synchronize()
-
+    sync = device_sync() or (lambda: None)
     seed_reference.SYNC = sync
-    rank, world = comms.rank, comms.world_size
-
     w = W.load_workload(args.smoke, dev_limit=8)
     state = W.load_state(args.teacher_state) if args.teacher_state else None
-    paddle.seed(W.SEED + 1 + rank)
-
-    # ---- the project: teacher once per batch, every width, ONE fused all-reduce, AdamW -------------
+    paddle.seed(W.SEED + 1 + comms.rank)
     teacher = W.new_teacher(w, state)
     if state is None:
         state = {k: v.numpy() for k, v in teacher.state_dict().items()}
-    sn = Supernet(teacher, W.WIDTHS)
-    s_states, t_states = HiddenStates(sn.model), HiddenStates(teacher)
-    named = list(sn.model.named_parameters())
-    params = [p for _, p in named]
-    optim_cfg = OptimConfig(batch_size=args.global_batch, learning_rate=5e-5)
-    optimizer, schedule = make_optimizer(named, optim_cfg, 1000)
-
-    marks = []
-    set_width = sn.set_width
-
-    def timed_set_width(width):  # measurement only: where each width's forward+backward starts
-        sync()
-        marks.append(time.perf_counter())
-        set_width(width)
-
-    sn.set_width = timed_set_width
-
-    def project_forward_backward(batch):
-        marks.clear()
-        sync()
-        t0 = time.perf_counter()
-        losses = supernet_step(sn, s_states, teacher, t_states, batch, sn.widths, W.LAMBDA_DISTILL,
-                               W.LAMBDA_LOGIT, False)
-        sync()
-        t1 = time.perf_counter()
-        comms.all_reduce_gradients(params)
-        sync()
-        t2 = time.perf_counter()
-        bounds = marks + [t1]
-        timing = {"teacher": marks[0] - t0,
-                  "widths": {wd: bounds[i + 1] - bounds[i] for i, wd in enumerate(sn.widths)},
-                  "allreduce": {"fused": t2 - t1} if world > 1 else {}}
-        return losses, timing
-
-    # The rest of dynabert.trainer.train's step body: the non-finite-gradient guard (if this version of the
-    # trainer has it) before AdamW (gradient clipping happens inside AdamW).
-    gradients_finite = getattr(trainer_module, "gradients_finite", None)
-
-    def project_optimizer_step():
-        start = time.perf_counter()
-        if gradients_finite is None or gradients_finite(params):
-            optimizer.step()
-        schedule.step()
-        optimizer.clear_grad()
-        sync()
-        return time.perf_counter() - start
-
-    # ---- the reference: our re-implementation of the tutorial ------------------------------------
+    project = CompressStep(teacher, W.bench_config(args.global_batch), comms, regression=False, steps=1000,
+                           sync=device_sync())
     ref = seed_reference.SeedReference(lambda: W.new_teacher(w), state, W.WIDTHS, W.LAMBDA_DISTILL,
                                        W.LAMBDA_LOGIT, comms=comms, learning_rate=5e-5, total_steps=1000)
-
-    same = _compare_named({k: v.numpy() for k, v in sn.model.state_dict().items()},
+    same = compare_named({k: v.numpy() for k, v in project.supernet.model.state_dict().items()},
                           {k: v.numpy() for k, v in ref.student.state_dict().items()})
     if same["max_abs_diff"] != 0.0 or same["missing"]:
         raise RuntimeError(f"project and reference students do not start from the same weights: {same}")
+    params = project.opt.params
+    return Sides(comms, sync, w, project, ref, W.parameter_bytes(params),
+                 int(sum(int(np.prod(p.shape)) for p in params)))
 
-    def measured(fn):
-        comms.barrier()
-        before = dict(counts)
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        seconds = time.perf_counter() - start
-        return result, seconds, counts["calls"] - before["calls"], counts["bytes"] - before["bytes"]
 
-    record = {"project": [], "reference": []}
+def project_timing(phases: Dict[str, float], widths, world: int) -> dict:
+    """The PhaseTimer's names in the layout the reference's timing uses."""
+    from dynabert.bench_step import ALL_REDUCE, OPTIMIZER
+    return {"teacher": phases.get("teacher", 0.0), "widths": {str(wd): phases[f"width {wd}"] for wd in widths},
+            "allreduce": {"fused": phases[ALL_REDUCE]} if world > 1 else {}, "optimizer": phases[OPTIMIZER]}
 
-    def project_step(batch, phase):
-        (losses, timing), seconds, calls, nbytes = measured(
-            lambda: _with_opt(project_forward_backward(batch), project_optimizer_step))
-        record["project"].append(_row(phase, seconds, calls, nbytes, timing, batch))
-        return losses
 
-    def reference_step(batch, phase):
-        def go():
-            losses = ref.forward_backward(batch)
-            ref.optimizer_step()
-            return losses, ref.last_timing
-        (losses, timing), seconds, calls, nbytes = measured(go)
-        record["reference"].append(_row(phase, seconds, calls, nbytes, timing, batch))
-        return losses
+def ab_pair(ab: Sides, batch, phase: str) -> None:
+    """One project step, then one reference step, on the same batch (numpy: each side copies it in)."""
+    from dynabert.batching import to_tensors
 
-    fixed = to_tensors(W.fixed_batch(w, args.global_batch, args.seq_len, rank, world))
+    index = ab.project_steps
+    ab.project_steps += 1
+    phases, seconds, calls, nbytes = ab.measured(lambda: ab.project(batch, index))
+    timing = project_timing(phases, ab.project.supernet.widths, ab.comms.world_size)
+    ab.record["project"].append(_row(phase, seconds, calls, nbytes, timing, batch))
+    _, seconds, calls, nbytes = ab.measured(lambda: ab.reference.step(to_tensors(batch)))
+    ab.record["reference"].append(_row(phase, seconds, calls, nbytes, ab.reference.last_timing, batch))
 
-    # 1. step 0: equivalence (dropout off), also the warm-up of both sides
-    sn.eval()
-    ref.eval()
-    (lp, timing_p), sec_p, calls_p, bytes_p = measured(lambda: project_forward_backward(fixed))
-    grads_p = seed_reference.grads_by_name(sn.model)
-    lr_, sec_r, calls_r, bytes_r = measured(lambda: ref.forward_backward(fixed))
-    grads_r = seed_reference.grads_by_name(ref.student)
-    equivalence = _equivalence(lp, lr_, grads_p, grads_r)
-    timing_p["optimizer"] = project_optimizer_step()
-    record["project"].append(_row("step0", sec_p + timing_p["optimizer"], calls_p, bytes_p, timing_p, fixed))
-    ref.optimizer_step()
-    record["reference"].append(_row("step0", sec_r + ref.last_timing["optimizer"], calls_r, bytes_r,
-                                    ref.last_timing, fixed))
 
-    # 2. timed A/B repeats on the fixed batch, train mode
-    sn.train()
-    ref.train()
-    # one untimed train-mode pair: the first step after the mode switch pays one-off costs (seen: +40%)
-    project_step(fixed, "warmup")
-    reference_step(fixed, "warmup")
+def step0equivalence_report(ab: Sides, args) -> dict:
+    """Step 0 in eval mode on an unpadded batch: loss terms and averaged gradients of both sides."""
+    from benchmarks import seed_reference
+    from benchmarks import workload as W
+    from benchmarks.equivalence import equivalence_report
+    from dynabert.batching import to_tensors
+    from dynabert.bench_step import OPTIMIZER
+
+    rank, world = ab.comms.rank, ab.comms.world_size
+    batch = W.unpadded_batch(ab.workload, args.global_batch, min(EQUIVALENCE_LEN, args.seq_len), rank, world)
+    tensors = to_tensors(batch)
+    ab.project.supernet.eval()
+    ab.reference.eval()
+
+    def project_backward():
+        losses = ab.project.forward_backward(tensors, ab.project_steps)
+        return losses, ab.project.reduce()
+
+    (lp, fused), sec_p, calls_p, bytes_p = ab.measured(project_backward)
+    grads_p = seed_reference.grads_by_name(ab.project.supernet.model)
+    lr_, sec_r, calls_r, bytes_r = ab.measured(lambda: ab.reference.forward_backward(tensors))
+    grads_r = seed_reference.grads_by_name(ab.reference.student)
+    equivalence = equivalence_report(lp, lr_, grads_p, grads_r)
+    mask = batch["attention_mask"]
+    equivalence["batch"] = {"rows_per_rank": int(mask.shape[0]), "tokens_per_row": int(mask.shape[1]),
+                            "padding": int(mask.size - mask.sum())}
+    ab.project.update(fused)
+    ab.project_steps += 1
+    phases = ab.project.timer.take()
+    timing = project_timing(phases, ab.project.supernet.widths, world)
+    ab.record["project"].append(_row("step0", sec_p + phases[OPTIMIZER], calls_p, bytes_p, timing, batch))
+    ab.reference.optimizer_step()
+    ab.record["reference"].append(_row("step0", sec_r + ab.reference.last_timing["optimizer"], calls_r, bytes_r,
+                                       ab.reference.last_timing, batch))
+    return equivalence
+
+
+def timed_repeats(ab: Sides, args) -> None:
+    """Train mode: one untimed pair (the first step after the mode switch pays one-off costs, seen: +40%),
+    then ``--repeats`` alternating pairs on the fixed batch."""
+    from benchmarks import workload as W
+
+    ab.project.supernet.train()
+    ab.reference.train()
+    fixed = W.fixed_batch(ab.workload, args.global_batch, args.seq_len, ab.comms.rank, ab.comms.world_size)
+    ab_pair(ab, fixed, "warmup")
     for _ in range(args.repeats):
-        project_step(fixed, "fixed")
-        reference_step(fixed, "fixed")
+        ab_pair(ab, fixed, "fixed")
 
-    # 3. dynamic padding on real batches (the same batch for A and B)
-    batches = GlobalBatches(w.train, args.global_batch, W.SEED, rank, world, w.pad_token_id, None)
-    for i, batch in zip(range(args.dynamic_steps), batches.epoch(0)):
-        tb = to_tensors(batch)
-        project_step(tb, "dynamic")
-        reference_step(tb, "dynamic")
 
-    local = {"rank": rank, "record": record, "equivalence": equivalence,
-             "peak_rss_bytes": common.peak_rss_bytes(),
-             "param_bytes": W.parameter_bytes(params), "param_count": int(sum(int(np.prod(p.shape)) for p in params))}
-    gathered = comms.all_gather_object(local)
-    if rank == 0:
-        result = summarise(args, w, gathered, world)
-        name = f"step_time_{args.tag}"
-        common.write_result(args.out, name, result, markdown(result))
+def dynamic_steps(ab: Sides, args) -> None:
+    """Real batches padded to their longest row (the same batch for A and B)."""
+    from benchmarks import workload as W
+    from dynabert.batching import GlobalBatches
+
+    w = ab.workload
+    batches = GlobalBatches(w.train, args.global_batch, W.SEED, ab.comms.rank, ab.comms.world_size,
+                            w.pad_token_id, None)
+    for _, batch in zip(range(args.dynamic_steps), batches.epoch(0)):
+        ab_pair(ab, batch, "dynamic")
+
+
+def report(ab: Sides, args, equivalence: dict) -> None:
+    local = {"rank": ab.comms.rank, "record": ab.record, "equivalence": equivalence,
+             "peak_rss_bytes": common.peak_rss_bytes(), "param_bytes": ab.param_bytes,
+             "param_count": ab.param_count}
+    gathered = ab.comms.all_gather_object(local)
+    if ab.comms.rank == 0:
+        result = summarise(args, ab.workload, gathered, ab.comms.world_size)
+        common.write_result(args.out, f"step_time_{args.tag}", result, markdown(result))
         print(markdown(result), flush=True)
-    comms.barrier()
-
-
-def _with_opt(fb_result, opt_fn):
-    losses, timing = fb_result
-    timing["optimizer"] = opt_fn()
-    return losses, timing
+    ab.comms.barrier()
 
 
 def _row(phase, seconds, calls, nbytes, timing, batch):
-    mask = batch["attention_mask"].numpy()
+    mask = batch["attention_mask"]
+    mask = mask.numpy() if hasattr(mask, "numpy") else mask
     return {"phase": phase, "seconds": seconds, "allreduce_calls": calls, "allreduce_bytes": nbytes,
             "samples": int(mask.shape[0]), "tokens": int(mask.sum()), "padded_tokens": int(mask.size),
             "seq_len": int(mask.shape[1]),
             "timing": {k: ({str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
                        for k, v in timing.items()}}
-
-
-def _compare_named(a, b):
-    import numpy as np
-    missing = sorted(set(a) ^ set(b))
-    diffs = [float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).max())
-             for k in a if k in b and a[k] is not None and b[k] is not None and np.size(a[k])]
-    none_mismatch = [k for k in a if k in b and (a[k] is None) != (b[k] is None)]
-    return {"max_abs_diff": max(diffs) if diffs else 0.0, "missing": missing + none_mismatch}
-
-
-def _equivalence(lp, lr, gp, gr, tol=1e-5):
-    import numpy as np
-    terms = {}
-    worst = 0.0
-    for wd in lp:
-        terms[str(wd)] = {}
-        for k in ("rep", "logit", "loss"):
-            a, b = float(lp[wd][k]), float(lr[wd][k])
-            terms[str(wd)][k] = {"project": a, "reference": b, "abs_diff": abs(a - b)}
-            worst = max(worst, abs(a - b))
-    cmp = _compare_named(gp, gr)
-    max_grad = max(float(np.abs(g).max()) for g in gp.values() if g is not None)
-    rel = max((float(np.abs(gp[k] - gr[k]).max()) / max(float(np.abs(gp[k]).max()), 1e-30))
-              for k in gp if gp[k] is not None and gr.get(k) is not None)
-    return {"tolerance": tol, "loss_terms": terms, "loss_max_abs_diff": worst,
-            "grad_max_abs_diff": cmp["max_abs_diff"], "grad_max_rel_diff": rel, "grad_max_abs": max_grad,
-            "grad_mismatched_names": cmp["missing"],
-            "passed": bool(worst <= tol and cmp["max_abs_diff"] <= tol and not cmp["missing"])}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +359,8 @@ def markdown(res) -> str:
               "reference's per-width times include its teacher run. Optimizer: project = non-finite guard + AdamW "
               "with global-norm clipping (as dynabert.trainer.train); reference = AdamW without clipping (PaddleNLP's "
               "OFA example). All-reduce: including the wait for the slower rank.",
-              "", f"**Ratio project/reference (median step): {res['ratio_project_over_reference']:.3f}**; median of the "
+              "", f"**Ratio project/reference (median step): {res['ratio_project_over_reference']:.3f}**; "
+              "median of the "
               f"{len(res['pair_ratios'])} A/B pair ratios: {res['median_pair_ratio']:.3f} "
               f"(pairs: {', '.join(f'{x:.3f}' for x in res['pair_ratios'])})", ""]
     if p["dynamic"]["steps"]:
@@ -403,7 +371,10 @@ def markdown(res) -> str:
                                        s["dynamic"]["padded_tokens_per_s"]]
                                       for n, s in (("project", p), ("reference", r))]))
         lines.append(f"\nRatio project/reference (dynamic): {res['ratio_dynamic']:.3f}")
-    lines += ["", f"Step-0 equivalence (dropout off, rank 0): loss terms max |diff| {eq['loss_max_abs_diff']:.3g}, "
+    eq_batch = eq.get("batch", {})
+    lines += ["", f"Step-0 equivalence (dropout off, rank 0, an unpadded batch of {eq_batch.get('rows_per_rank')} x "
+              f"{eq_batch.get('tokens_per_row')} tokens per rank: the project averages the hidden-state loss over real "
+              "tokens, the tutorial over every position): loss terms max |diff| {eq['loss_max_abs_diff']:.3g}, "
               f"gradients max |diff| {eq['grad_max_abs_diff']:.3g} (max |grad| {eq['grad_max_abs']:.3g}); "
               f"tolerance {eq['tolerance']}: {'PASSED' if res['equivalence']['passed'] else 'FAILED'}",
               f"Parameters: {res['param_count']:,} ({common.fmt_bytes(res['param_bytes'])}); peak RSS per rank "

@@ -9,11 +9,11 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import dynabert  # noqa: F401  (zlib before paddle)
 import numpy as np
 import paddle
 
 from dynabert import models
+from dynabert.config import CompressConfig, Config, OptimConfig, RunConfig
 from dynabert.data import Feature, collate, encode, load_split
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)   # the tutorial's width_mult_list, largest first
@@ -94,6 +94,34 @@ def fixed_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
     local = global_batch // world_size
     mine = rows[rank * local:(rank + 1) * local]
     return collate([w.train[i] for i in mine], w.pad_token_id, pad_to=seq_len)
+
+
+def unpadded_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
+                   world_size: int = 1) -> Dict[str, np.ndarray]:
+    """This rank's slice of a global batch WITHOUT padding, for the step-0 equivalence check: training rows
+    of at least ``seq_len`` tokens (a seeded draw), each cut to its first ``seq_len - 1`` tokens plus its
+    final [SEP]. The project's hidden-state loss averages over real tokens and the tutorial's over every
+    position (dynabert/losses.py); only on a batch without padding are the two the same number."""
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} does not divide among {world_size} ranks")
+    long_enough = [i for i, f in enumerate(w.train) if len(f.input_ids) >= seq_len]
+    if len(long_enough) < global_batch:
+        raise ValueError(f"only {len(long_enough)} training rows have {seq_len}+ tokens; {global_batch} needed")
+    rows = np.random.RandomState(SEED).permutation(long_enough)[:global_batch]
+    local = global_batch // world_size
+    cut = [Feature(f.input_ids[:seq_len - 1] + f.input_ids[-1:], f.token_type_ids[:seq_len], f.label)
+           for f in (w.train[i] for i in rows[rank * local:(rank + 1) * local])]
+    batch = collate(cut, w.pad_token_id)
+    assert batch["attention_mask"].all(), "the equivalence batch must have no padding"
+    return batch
+
+
+def bench_config(global_batch: int, learning_rate: float = 5e-5) -> Config:
+    """The project's config for this workload: the tutorial's widths and loss weights, the trainer's
+    default optimizer settings (AdamW, warm-up 0.1, weight decay 0.01, clipping at 1.0)."""
+    return Config(compress=CompressConfig(widths=WIDTHS, lambda_distill=LAMBDA_DISTILL, lambda_logit=LAMBDA_LOGIT,
+                                          optim=OptimConfig(batch_size=global_batch, learning_rate=learning_rate)),
+                  run=RunConfig(seed=SEED))
 
 
 def save_state(model: paddle.nn.Layer, path: str) -> None:
