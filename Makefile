@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -q -ra
 # Test tiers by marker (registered in tests/conftest.py); together they are the whole suite.
-FAST := "not e2e and not dist"
-SLOW := "e2e or dist"
+FAST := "not e2e and not dist and not slow"
+SLOW := "e2e or dist or slow"
 # Real GLUE data beside the checkout (as in CI) when it exists; otherwise the pipeline falls back to
 # PaddleNLP's download, then to its built-in synthetic set.
 GLUE_DIR ?= $(wildcard $(abspath ../shared/data/glue))
@@ -46,7 +46,8 @@ test: venv
 test-fast: venv
 	$(PYTEST) -m $(FAST) tests
 
-# The rest: tests marked dist (they start processes, including 2-process gloo runs) or e2e (MiniLM on SST-2).
+# The rest: tests marked dist (they start processes, including 2-process gloo runs), e2e (MiniLM on SST-2) or
+# slow (in-process but tens of seconds, e.g. tokenizer parity on every SST-2 training row).
 test-slow: venv
 	$(PYTEST) -m $(SLOW) tests
 

@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "matplotlib",
         "psutil",
+        "tokenizers",  # the corpus cache's tokenizer (dynabert/fast_tokenizer.py)
         # dynabert/metrics.py: Matthews correlation, F1 (scikit-learn), Pearson/Spearman (scipy)
         "scikit-learn",
         "scipy",
@@ -31,5 +32,6 @@ setup(
     entry_points={"console_scripts": [
         "dynabert-launch=launcher.cli:main",
         "dynabert-bench=launcher.bench:main",
+        "dynabert-prepare=launcher.prepare_cli:main",
     ]},
 )

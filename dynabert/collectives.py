@@ -43,6 +43,11 @@ class Collectives:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def wait_for_peers(self, name: str) -> None:
+        """A barrier that may wait as long as it takes (ranks arrive minutes apart, e.g. after building a
+        corpus cache on their own node): it waits on the job's store, not in a collective."""
+        raise NotImplementedError
+
     def post(self, key: str, value: int) -> None:
         """Rank 0 publishes an integer under ``key`` (in the job's key-value store: no collective)."""
         raise NotImplementedError
@@ -150,6 +155,9 @@ class SingleProcess(Collectives):
 
     def broadcast_object(self, obj, src=0):
         return obj
+
+    def wait_for_peers(self, name):
+        pass
 
     def post(self, key, value):
         self._posted[key] = value

@@ -207,6 +207,23 @@ def _parse_label(spec: TaskSpec, value: str, path: str, line: int):
 _PROBE_TIMEOUT = 3.0  # seconds; PaddleNLP downloads with httpx timeout=None and would hang on a silent network
 
 
+def glue_file(task, split, glue_dir=None):
+    """(path of the split's TSV in ``glue_dir`` (else env GLUE_DIR), None) when GLUE_DIR holds the task's
+    directory, else (None, why not). A GLUE_DIR that does not exist is an error, not a fallback."""
+    spec = get_task(task)
+    file_name = _check_split(spec, split)
+    root = os.fspath(glue_dir) if glue_dir is not None else os.environ.get("GLUE_DIR", "")
+    if not root:
+        return None, "GLUE_DIR not set"
+    if not os.path.isdir(root):
+        # A mistyped GLUE_DIR must not silently turn into synthetic data.
+        raise UserError(f"GLUE_DIR {root}: no such directory")
+    task_dir = os.path.join(root, spec.dir_name)
+    if not os.path.isdir(task_dir):
+        return None, f"no {spec.dir_name} directory in GLUE_DIR {root}"
+    return os.path.join(task_dir, file_name), None
+
+
 def load_split(task, split, glue_dir=None, limit=None, allow_download=True):
     """Examples of one split, and a one-line description of where they came from.
 
@@ -215,20 +232,11 @@ def load_split(task, split, glue_dir=None, limit=None, allow_download=True):
     """
     spec = get_task(task)
     file_name = _check_split(spec, split)
-    root = os.fspath(glue_dir) if glue_dir is not None else os.environ.get("GLUE_DIR", "")
-    reasons = []
-    if root:
-        if not os.path.isdir(root):
-            # A mistyped GLUE_DIR must not silently turn into synthetic data.
-            raise UserError(f"GLUE_DIR {root}: no such directory")
-        task_dir = os.path.join(root, spec.dir_name)
-        if os.path.isdir(task_dir):
-            path = os.path.join(task_dir, file_name)
-            examples = read_glue_tsv(path, spec, split, limit)
-            return examples, f"GLUE_DIR {path} ({len(examples)} rows)"
-        reasons.append(f"no {spec.dir_name} directory in GLUE_DIR {root}")
-    else:
-        reasons.append("GLUE_DIR not set")
+    path, why_not = glue_file(spec.name, split, glue_dir)
+    if path is not None:
+        examples = read_glue_tsv(path, spec, split, limit)
+        return examples, f"GLUE_DIR {path} ({len(examples)} rows)"
+    reasons = [why_not]
     if allow_download:
         examples, why_not = _paddlenlp_glue(spec, split, limit)
         if examples is not None:

@@ -1,4 +1,4 @@
-"""A run's data: training rows, the split that selection looks at, and dev, tokenised once.
+"""A run's data: training rows, the split that selection looks at, and dev (built by stages/prepare.py).
 
 The honest protocol (``data.select_on: validation``, the default) carves a validation split of
 ``data.validation_rows`` training rows, drawn with ``run.seed`` and never trained on; importance and
@@ -8,16 +8,14 @@ a maximum over many looks at the same rows.
 """
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from dynabert.collectives import Collectives
 from dynabert.config import Config
-from dynabert.data import Example, encode, get_task, load_split
 from dynabert.errors import UserError
 from dynabert.evaluation import evaluate
-from dynabert.run_log import RunLog
 
 
 @dataclass
@@ -33,46 +31,17 @@ class TaskData:
     pad_to: Optional[int]  # None: dynamic padding
 
 
-def carve_validation(examples: List[Example], rows: int, seed: int, train_limit: Optional[int],
-                     ) -> tuple:
-    """(train, validation): ``rows`` examples drawn with ``seed`` become validation; the rest keep their
-    file order, and ``train_limit`` then keeps the first of those."""
-    if rows >= len(examples):
-        raise UserError(f"data.validation_rows: {rows} rows asked for, but the training set has only "
-                        f"{len(examples)}; lower it or set data.select_on=dev")
-    picked = np.random.RandomState(seed).permutation(len(examples))[:rows]
-    held = np.zeros(len(examples), dtype=bool)
-    held[picked] = True
-    validation = [examples[i] for i in sorted(picked)]
-    train = [e for e, h in zip(examples, held) if not h]
-    return (train[:train_limit] if train_limit else train), validation
-
-
-def prepare_data(cfg: Config, tokenizer, log: RunLog) -> TaskData:
-    spec = get_task(cfg.data.task)
-    dev_split = spec.dev_splits[0]  # MNLI: dev_matched
-    honest = cfg.data.select_on == "validation"
-    # The honest protocol draws validation rows from the whole training file, so it reads all of it.
-    train_rows, source = load_split(spec.name, "train", cfg.data.glue_dir,
-                                    None if honest else cfg.data.train_limit, cfg.data.allow_download)
-    log.info(f"data train: {source}")
-    dev_rows, source = load_split(spec.name, dev_split, cfg.data.glue_dir, cfg.data.dev_limit,
-                                  cfg.data.allow_download)
-    log.info(f"data {dev_split}: {source}")
-    validation_rows: List[Example] = []
-    if honest:
-        train_rows, validation_rows = carve_validation(train_rows, cfg.data.validation_rows, cfg.run.seed,
-                                                       cfg.data.train_limit)
-        log.info(f"data: {len(validation_rows)} training rows held out for validation (importance and "
-                 f"selection); {len(train_rows)} rows trained on; {dev_split} is read only for the report")
-    else:
-        log.info(f"data: importance and selection on {dev_split} (the tutorial's protocol)")
-    train = encode(train_rows, tokenizer, cfg.data.max_seq_len)
-    dev = encode(dev_rows, tokenizer, cfg.data.max_seq_len)
-    selection = encode(validation_rows, tokenizer, cfg.data.max_seq_len) if honest else dev
-    pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
-    return TaskData(spec.name, spec.is_regression, spec.num_classes, train, selection, dev,
-                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to)
+def carve_indices(n: int, rows: int, seed: int, train_limit: Optional[int]) -> tuple:
+    """(train, validation) row indices: ``rows`` rows drawn with ``seed`` are validation; the rest keep
+    their file order, and ``train_limit`` then keeps the first of those."""
+    if rows >= n:
+        raise UserError(f"data.validation_rows: {rows} rows asked for, but the training set has only {n}; "
+                        "lower it or set data.select_on=dev")
+    held = np.sort(np.random.RandomState(seed).permutation(n)[:rows])
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    train = np.flatnonzero(keep)
+    return (train[:train_limit] if train_limit else train), held
 
 
 def metrics_on(features: Sequence, model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:

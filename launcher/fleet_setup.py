@@ -168,6 +168,13 @@ class PaddleCollectives(Collectives):
         with self._collective("barrier"):
             dist.barrier()
 
+    def wait_for_peers(self, name: str) -> None:
+        store = paddle.base.core.create_or_get_global_tcp_store()
+        key = f"dynabert/wait_for_peers/{name}"
+        store.add(key, 1)
+        while store.add(key, 0) < self.world_size:
+            time.sleep(0.2)
+
     def post(self, key: str, value: int) -> None:
         store = paddle.base.core.create_or_get_global_tcp_store()
         store.add(key, value - store.add(key, 0))  # the store only adds: move the counter to ``value``

@@ -14,6 +14,7 @@ import dynabert  # noqa: E402,F401  (zlib before paddle)
 def pytest_configure(config):
     # `make test-fast` runs everything else (-m "not e2e and not dist"): in-process and under a minute.
     config.addinivalue_line("markers", "e2e: trains the real pretrained model (MiniLM) on real data")
+    config.addinivalue_line("markers", "slow: in-process but long (tens of seconds): runs with the slow tier")
     config.addinivalue_line("markers", "dist: starts a process (subprocess, paddle.distributed.launch, "
                                        "multiprocessing)")
 

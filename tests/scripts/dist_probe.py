@@ -23,8 +23,9 @@ from dynabert.batching import GlobalBatches  # noqa: E402
 from dynabert.run_log import RunLog  # noqa: E402
 from dynabert.stages.common import seed_everything  # noqa: E402
 from dynabert.stages.compress import importance_and_reorder  # noqa: E402
+from dynabert.stages.prepare import prepare_data  # noqa: E402
 from dynabert.supernet import Supernet  # noqa: E402
-from dynabert.task_data import metrics_on, prepare_data  # noqa: E402
+from dynabert.task_data import metrics_on  # noqa: E402
 from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
 from dynabert.trainer import LoopSettings, losses_to_floats, train  # noqa: E402
 from launcher.config import load_config  # noqa: E402

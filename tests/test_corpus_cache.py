@@ -1,0 +1,357 @@
+"""The corpus cache: rows equal data.encode's, the fingerprint decides reuse, damaged files are rebuilt, and
+processes preparing one cache at once end with one build and one valid cache."""
+import fcntl
+import json
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import warnings
+
+import numpy as np
+import pytest
+
+from dynabert.corpus_cache import ARRAYS, open_cache, prepare
+from dynabert.data import encode, read_glue_tsv
+from dynabert.errors import UserError
+
+SENTENCES = ["a gripping , funny film .", "Café naïve résumé", "it 's not bad at all", "我爱北京", "the plot",
+             "x" * 120, "“quoted” — dash", "", "one two three four five six seven eight nine ten eleven"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dynabert.models import default_model_dir, load_tokenizer
+
+    return load_tokenizer(default_model_dir())
+
+
+def write_sst2(path, rows):
+    lines = ["sentence\tlabel"] + [f"{text}\t{label}" for text, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def sst2_rows(n, seed=0):
+    rng = np.random.RandomState(seed)
+    return [(" ".join(SENTENCES[j] for j in rng.randint(0, len(SENTENCES), size=1 + i % 3)), int(rng.randint(2)))
+            for i in range(n)]
+
+
+def reference(path, task, split, tokenizer, max_seq_len, limit=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encode(read_glue_tsv(path, task, split, limit=limit), tokenizer, max_seq_len)
+
+
+def assert_rows_equal(cached, features, rows=None):
+    assert len(cached) == (len(features) if rows is None else rows)
+    for i, feature in enumerate(features):
+        assert cached[i] == feature, f"row {i}"
+    assert cached.lengths[:len(features)].tolist() == [len(f.input_ids) for f in features]
+    assert cached.labels[:len(features)].tolist() == [f.label for f in features]
+
+
+def builds(lines):
+    return [line for line in lines if ": building (" in line]
+
+
+def build_id(cached):
+    return cached.manifest["build"]["id"]
+
+
+# ------------------------------------------------------------------------------------------------
+# rows
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sst2_dev_rows_equal_data_encode(glue_dir, tokenizer, tmp_path):
+    source = os.path.join(glue_dir, "SST-2", "dev.tsv")
+    cached = prepare("sst-2", "dev", source, tokenizer=tokenizer, max_seq_len=128, cache_dir=tmp_path, log=print)
+    assert_rows_equal(cached, reference(source, "sst-2", "dev", tokenizer, 128))
+    assert cached.manifest["arrays"]["ids"]["dtype"] == "<u2"  # 30,522 entries < 65,536
+    assert cached.lengths.dtype == np.int32 and cached.labels.dtype == np.int64
+    assert isinstance(cached[0].label, int)
+
+
+def test_pair_task_rows_equal_data_encode_with_truncation(tokenizer, tmp_path):
+    rng = np.random.RandomState(1)
+    lines = ["index\tsentence1\tsentence2\tlabel"]
+    for i in range(300):
+        a, b = (" ".join(SENTENCES[j] for j in rng.randint(0, len(SENTENCES), size=rng.randint(1, 4)))
+                for _ in range(2))
+        lines.append(f"{i}\t{a}\t{b}\t{('entailment', 'not_entailment')[i % 2]}")
+    source = tmp_path / "train.tsv"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for max_seq_len in (7, 12, 128):
+        cached = prepare("rte", "train", str(source), tokenizer=tokenizer, max_seq_len=max_seq_len,
+                         cache_dir=tmp_path / "cache", log=print)
+        assert_rows_equal(cached, reference(str(source), "rte", "train", tokenizer, max_seq_len))
+        assert 1 in cached[0].token_type_ids
+
+
+def test_regression_labels_are_the_exact_floats(tokenizer, tmp_path):
+    source = tmp_path / "dev.tsv"
+    source.write_text("sentence1\tsentence2\tscore\na man\ta woman\t3.8\nthe plot\tit 's bad\t0.123456789\n")
+    cached = prepare("sts-b", "dev", str(source), tokenizer=tokenizer, max_seq_len=16, cache_dir=tmp_path, log=print)
+    assert [cached[i].label for i in range(2)] == [3.8, 0.123456789]
+    assert_rows_equal(cached, reference(str(source), "sts-b", "dev", tokenizer, 16))
+
+
+def test_index_errors_and_negative_rows(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(5))
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    assert cached[-1] == cached[4]
+    with pytest.raises(IndexError):
+        cached[5]
+
+
+# ------------------------------------------------------------------------------------------------
+# fingerprint: reuse and rebuild
+# ------------------------------------------------------------------------------------------------
+
+
+def test_unchanged_inputs_reuse_the_cache(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(50))
+    lines = []
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path / "c",
+                    log=lines.append)
+    second = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path / "c",
+                     log=lines.append)
+    assert len(builds(lines)) == 1 and "no cache yet" in builds(lines)[0]
+    assert build_id(first) == build_id(second)
+
+
+def test_one_changed_source_byte_rebuilds(tokenizer, tmp_path):
+    source = tmp_path / "train.tsv"
+    write_sst2(source, sst2_rows(50))
+    first = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    data = bytearray(source.read_bytes())
+    position = data.index(b"gripping")
+    data[position] = ord("t")  # "tripping": same size, one byte
+    source.write_bytes(bytes(data))
+    lines = []
+    second = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                     log=lines.append)
+    assert len(builds(lines)) == 1 and "source train.tsv changed" in builds(lines)[0]
+    assert build_id(first) != build_id(second)
+    assert_rows_equal(second, reference(str(source), "sst-2", "train", tokenizer, 32))
+
+
+def test_other_max_seq_len_rebuilds(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(50))
+    prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    lines = []
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=8, cache_dir=tmp_path,
+                     log=lines.append)
+    assert len(builds(lines)) == 1 and "max_seq_len 32 -> 8" in builds(lines)[0]
+    assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 8))
+
+
+def test_other_vocabulary_rebuilds(tokenizer, tmp_path):
+    from paddlenlp.transformers import BertTokenizer
+
+    from dynabert.models import default_model_dir
+
+    vocab = open(os.path.join(default_model_dir(), "vocab.txt"), encoding="utf-8").read().split("\n")
+    film, funny = vocab.index("film"), vocab.index("funny")
+    vocab[film], vocab[funny] = vocab[funny], vocab[film]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    other = BertTokenizer(vocab_file=str(tmp_path / "vocab.txt"))
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(50))
+    prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    lines = []
+    cached = prepare("sst-2", "train", source, tokenizer=other, max_seq_len=32, cache_dir=tmp_path, log=lines.append)
+    assert len(builds(lines)) == 1 and "vocabulary changed" in builds(lines)[0]
+    assert_rows_equal(cached, reference(source, "sst-2", "train", other, 32))
+    assert reference(source, "sst-2", "train", other, 32) != reference(source, "sst-2", "train", tokenizer, 32)
+
+
+@pytest.mark.parametrize("array", ARRAYS)
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_array_is_detected_and_rebuilt(tokenizer, tmp_path, array, damage):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(40))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    first.close()
+    path = os.path.join(first.path, f"{array}.bin")
+    data = bytearray(open(path, "rb").read())
+    if damage == "truncate":
+        data = data[:-1]
+    else:
+        data[len(data) // 2] ^= 0x01
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(UserError, match=f"{array}.bin"):
+        open_cache(first.path)  # never read as data
+    lines = []
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                     log=lines.append)
+    expected = "truncated" if damage == "truncate" else "corrupted"
+    assert len(builds(lines)) == 1 and f"{array}.bin" in builds(lines)[0] and expected in builds(lines)[0]
+    assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 32))
+
+
+def test_missing_manifest_is_rebuilt(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(10))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    os.unlink(os.path.join(first.path, "manifest.json"))
+    lines = []
+    prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=lines.append)
+    assert len(builds(lines)) == 1 and "no manifest" in builds(lines)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# extra training files and limits
+# ------------------------------------------------------------------------------------------------
+
+
+def test_extra_train_files_are_appended_in_order(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(20, seed=1))
+    (tmp_path / "aug").mkdir()
+    extra_b = write_sst2(tmp_path / "aug" / "b.tsv", sst2_rows(7, seed=3))
+    extra_a = write_sst2(tmp_path / "aug" / "a.tsv", sst2_rows(5, seed=2))
+    lines = []
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path / "c",
+                     extra_files=[str(tmp_path / "aug" / "*.tsv")], log=lines.append)
+    expected = sum((reference(p, "sst-2", "train", tokenizer, 32) for p in (source, extra_a, extra_b)), [])
+    assert_rows_equal(cached, expected)
+    # The extra files are part of the fingerprint: one more file rebuilds.
+    write_sst2(tmp_path / "aug" / "c.tsv", sst2_rows(3, seed=4))
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path / "c",
+                     extra_files=[str(tmp_path / "aug" / "*.tsv")], log=lines.append)
+    assert len(cached) == 35
+    assert len(builds(lines)) == 2 and "source files changed" in builds(lines)[1]
+
+
+def test_malformed_row_in_extra_file_names_file_and_line(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(5))
+    extra = tmp_path / "aug.tsv"
+    extra.write_text("sentence\tlabel\ngood row\t1\nno label field\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"{extra}:3: expected 2 tab-separated fields"):
+        prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                extra_files=[str(extra)], log=print)
+    assert not os.path.exists(tmp_path / "sst-2.train")  # nothing half-built left behind
+
+
+def test_extra_file_pattern_matching_nothing_is_an_error(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(5))
+    with pytest.raises(UserError, match="matches no file"):
+        prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                extra_files=[str(tmp_path / "nothing*.tsv")], log=print)
+
+
+def test_limit_keeps_the_first_rows_over_all_files(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(10, seed=1))
+    extra = write_sst2(tmp_path / "extra.tsv", sst2_rows(10, seed=2))
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                     extra_files=[extra], limit=13, log=print)
+    expected = reference(source, "sst-2", "train", tokenizer, 32) + reference(extra, "sst-2", "train", tokenizer, 32)
+    assert_rows_equal(cached, expected[:13])
+
+
+# ------------------------------------------------------------------------------------------------
+# several processes (spawned: each loads its own tokenizer, as a rank would)
+# ------------------------------------------------------------------------------------------------
+
+
+def _prepare_in_child(ready, start, lines, result_path, source, cache_dir):
+    from dynabert.models import default_model_dir, load_tokenizer
+
+    tokenizer = load_tokenizer(default_model_dir())
+    ready.set()
+    if not start.wait(timeout=300):
+        raise RuntimeError("never told to start")
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=64, cache_dir=cache_dir,
+                     log=lines.put)
+    rows = [cached[i] for i in (0, len(cached) - 1)]
+    with open(result_path, "w") as f:
+        json.dump({"build": build_id(cached), "rows": len(cached),
+                   "edge_rows": [[r.input_ids, r.token_type_ids, r.label] for r in rows]}, f)
+
+
+def _start_children(ctx, count, source, cache_dir, tmp_path, start=None):
+    start = start or ctx.Event()
+    lines = ctx.Queue()
+    children = []
+    for k in range(count):
+        ready = ctx.Event()
+        child = ctx.Process(target=_prepare_in_child,
+                            args=(ready, start, lines, str(tmp_path / f"result{k}.json"), source, cache_dir))
+        child.start()
+        children.append((child, ready))
+    for _, ready in children:
+        assert ready.wait(timeout=300), "child did not load its tokenizer"
+    return [c for c, _ in children], start, lines
+
+
+def _drain(lines):
+    out = []
+    while True:
+        try:
+            out.append(lines.get_nowait())
+        except queue.Empty:
+            return out
+
+
+@pytest.mark.dist
+def test_two_processes_preparing_at_once_build_once(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(40000))  # a build long enough for the two to overlap
+    cache_dir = str(tmp_path / "cache")
+    ctx = multiprocessing.get_context("spawn")
+    children, start, lines = _start_children(ctx, 2, source, cache_dir, tmp_path)
+    start.set()
+    for child in children:
+        child.join(timeout=600)
+        assert child.exitcode == 0
+    results = [json.load(open(tmp_path / f"result{k}.json")) for k in range(2)]
+    assert len(builds(_drain(lines))) == 1
+    assert results[0] == results[1]  # the same build, the same rows
+    cached = open_cache(os.path.join(cache_dir, "sst-2.train"))
+    assert build_id(cached) == results[0]["build"]
+    assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 64, limit=2000), rows=40000)
+    assert sorted(os.listdir(cache_dir)) == ["sst-2.train", "sst-2.train.lock"]
+
+
+@pytest.mark.dist
+def test_a_process_waits_on_the_lock_instead_of_building(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(100))
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    holder = os.open(cache_dir / "sst-2.train.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.lockf(holder, fcntl.LOCK_EX)  # as a builder in another job would
+    try:
+        (child,), start, lines = _start_children(ctx, 1, source, str(cache_dir), tmp_path)
+        start.set()
+        line = lines.get(timeout=300)
+        assert "waiting for another process" in line
+        assert child.is_alive() and not os.path.exists(cache_dir / "sst-2.train")
+    finally:
+        fcntl.lockf(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    child.join(timeout=300)
+    assert child.exitcode == 0
+    assert len(builds(_drain(lines))) == 1
+    assert_rows_equal(open_cache(str(cache_dir / "sst-2.train")), reference(source, "sst-2", "train", tokenizer, 64))
+
+
+@pytest.mark.dist
+def test_builder_killed_midway_leaves_no_half_written_cache(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(200000))
+    cache_dir = tmp_path / "cache"
+    ctx = multiprocessing.get_context("spawn")
+    (child,), start, lines = _start_children(ctx, 1, source, str(cache_dir), tmp_path)
+    start.set()
+    assert ": building (" in lines.get(timeout=300)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=60)
+    assert child.exitcode == -signal.SIGKILL
+    with pytest.raises(UserError):
+        open_cache(str(cache_dir / "sst-2.train"))
+    out = []
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=64, cache_dir=cache_dir, log=out.append)
+    assert len(builds(out)) == 1
+    assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 64, limit=2000), rows=200000)
+    assert sorted(os.listdir(cache_dir)) == ["sst-2.train", "sst-2.train.lock"]  # the dead builder's temp is gone
+    shutil.rmtree(cache_dir)

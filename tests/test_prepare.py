@@ -1,0 +1,95 @@
+"""The prepare stage: GLUE_DIR splits go through the corpus cache, batches from the cache equal the
+in-memory path's, the honest protocol's carve is the same on both paths, and runs that do not train
+never read the training corpus."""
+import os
+
+import numpy as np
+import pytest
+
+from dynabert.batching import GlobalBatches, eval_batches
+from dynabert.data import encode, read_glue_tsv
+from dynabert.models import load_tokenizer
+from dynabert.run_log import RunLog
+from dynabert.stages.prepare import Rows, prepare_data
+from launcher.config import load_config
+from tests.conftest import ROOT
+
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+def _cfg(glue_dir, out, *extra):
+    return load_config(TINY, [f"data.glue_dir={glue_dir}", f"run.out_dir={out}", "data.train_limit=3000",
+                              "data.dev_limit=300", "data.validation_rows=200", *extra])
+
+
+def test_cached_batches_equal_the_in_memory_path(glue_dir, tokenizer, tmp_path):
+    cfg = _cfg(glue_dir, tmp_path, "data.select_on=dev")
+    data = prepare_data(cfg, tokenizer, RunLog("", enabled=False))
+    assert os.path.isdir(tmp_path / "cache" / "sst-2.train") and len(data.train) == 3000
+    # The in-memory path (PaddleNLP's tokenizer on the same rows); tests/test_fast_tokenizer.py compares
+    # every row of the file, this compares what the sampler makes of them.
+    train = encode(read_glue_tsv(os.path.join(glue_dir, "SST-2", "train.tsv"), "sst-2", "train", 3000), tokenizer,
+                   cfg.data.max_seq_len)
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            cached = GlobalBatches(data.train, 32, seed=5, rank=rank, world_size=world_size, pad_token_id=0,
+                                   group_by_length=True)
+            memory = GlobalBatches(train, 32, seed=5, rank=rank, world_size=world_size, pad_token_id=0,
+                                   group_by_length=True)
+            for step, (a, b) in enumerate(zip(cached.epoch(0), memory.epoch(0))):
+                for key in a:
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} step {step}")
+    dev = list(eval_batches(data.dev, 64, 0, 1, 0))
+    dev_memory = encode(read_glue_tsv(os.path.join(glue_dir, "SST-2", "dev.tsv"), "sst-2", "dev", 300), tokenizer,
+                        cfg.data.max_seq_len)
+    for idx, batch in dev:
+        np.testing.assert_array_equal(batch["labels"], [dev_memory[i].label for i in idx])
+
+
+def test_a_run_that_does_not_train_never_reads_the_training_corpus(glue_dir, tokenizer, tmp_path):
+    cfg = _cfg(glue_dir, tmp_path, "run.stages=[export]")
+    data = prepare_data(cfg, tokenizer, RunLog("", enabled=False))
+    assert len(data.train) == 0 and len(data.dev) == 300
+    assert sorted(os.listdir(tmp_path / "cache")) == ["sst-2.dev", "sst-2.dev.lock"]
+
+
+def test_extra_training_files_are_added_after_the_task_rows(glue_dir, tokenizer, tmp_path):
+    extra = tmp_path / "augmented.tsv"
+    extra.write_text("sentence\tlabel\nan augmented and wonderful row\t1\na dull augmented row\t0\n")
+    cfg = _cfg(glue_dir, tmp_path / "run", "data.select_on=dev", "data.train_limit=null",
+               f"data.train_files=[{tmp_path}/*.tsv]")
+    data = prepare_data(cfg, tokenizer, RunLog("", enabled=False))
+    assert len(data.train) == 67349 + 2
+    assert [data.train[len(data.train) - 1].label, data.train[len(data.train) - 2].label] == [0, 1]
+    extra.write_text("sentence\tlabel\na row with a bad label\t7\n")
+    from dynabert.errors import UserError
+    with pytest.raises(UserError, match=rf"{extra}:2: "):
+        prepare_data(cfg, tokenizer, RunLog("", enabled=False))
+
+
+def test_the_honest_carve_is_drawn_from_every_row_with_the_seed(glue_dir, tokenizer, tmp_path):
+    data = prepare_data(_cfg(glue_dir, tmp_path), tokenizer, RunLog("", enabled=False))
+    assert isinstance(data.train, Rows) and len(data.train) == 3000 and len(data.selection) == 200
+    held = np.sort(np.random.RandomState(42).permutation(67349)[:200])
+    np.testing.assert_array_equal(data.selection.indices, held)
+    kept = np.setdiff1d(np.arange(67349), held)[:3000]
+    np.testing.assert_array_equal(data.train.indices, kept)
+    np.testing.assert_array_equal(data.train.lengths, [len(data.train[i].input_ids) for i in range(3000)])
+
+
+def test_dynabert_prepare_builds_the_cache_and_reports(glue_dir, tmp_path, capsys, tiny_model_dir):
+    from launcher import prepare_cli
+
+    code = prepare_cli.main(["--config", TINY, "--set", f"model.name_or_path={tiny_model_dir}",
+                             "--set", f"data.glue_dir={glue_dir}", "--set", f"data.cache_dir={tmp_path}/c",
+                             "--set", "data.train_limit=500", "--set", "data.validation_rows=50"])
+    out = capsys.readouterr().out
+    assert code == 0 and "train 500 rows, validation 50, dev 200" in out
+    assert sorted(p for p in os.listdir(tmp_path / "c") if not p.endswith(".lock")) == ["sst-2.dev", "sst-2.train"]
+    assert prepare_cli.main(["--config", TINY, "--set", "data.validation_rows=0"]) == 2
+    assert "error: --set: data.validation_rows: must be >= 1" in capsys.readouterr().err
