@@ -1,0 +1,228 @@
+"""benchmarks/recipe_study.py: the plan (what every run pins and changes), the per-setting statistics checked
+against NumPy over the runs' own results.json files, and the --smoke run end to end (teacher, two settings,
+resume)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import recipe_study as rs
+from dynabert.errors import UserError
+from launcher.config import load_config
+from tests.conftest import ROOT
+
+WIDTHS = (1.0, 0.75, 0.5, 0.25)
+
+
+def _args(tmp_path, *extra):
+    return rs.parse_args(["--out", str(tmp_path), "--glue-dir", str(tmp_path / "glue"), *extra])
+
+
+def _overrides(run) -> dict:
+    return dict(text.split("=", 1) for text in run.overrides)
+
+
+def test_plan_pins_protocol_and_tutorial_weights_and_shares_one_teacher_per_seed(tmp_path):
+    args = _args(tmp_path, "--seeds", "1,2", "--settings", "tutorial,dynabert,inplace,lr2x,epochs2,mid")
+    base = load_config(args.config)
+    plan = rs.build_plan(args, base)
+    assert [(r.setting, r.seed) for r in plan][:6] == [("teacher", 1), ("tutorial", 1), ("dynabert", 1),
+                                                       ("inplace", 1), ("lr2x", 1), ("epochs2", 1)]
+    runs = {(r.setting, r.seed): _overrides(r) for r in plan}
+    for (setting, seed), o in runs.items():
+        cfg = load_config(args.config, [f"{k}={v}" for k, v in o.items()])  # every override is valid
+        assert cfg.run.seed == seed and cfg.data.select_on == "validation" and cfg.compress.select == "supernet"
+        assert cfg.data.allow_download is False and cfg.data.glue_dir == str(tmp_path / "glue")
+        if setting == "teacher":
+            assert cfg.run.stages == ("finetune",)
+            continue
+        assert cfg.run.stages == ("compress", "export")
+        assert cfg.model.teacher == os.path.join(str(tmp_path), "teachers", f"seed_{seed}", "teacher")
+        want = {"dynabert": (1.0, 1.0, 0.0), "inplace": (0.1, 0.1, 1.0), "mid": (0.1, 0.3, 0.0)}.get(
+            setting, (0.1, 0.1, 0.0))
+        assert (cfg.compress.lambda_distill, cfg.compress.lambda_logit, cfg.compress.inplace_distill) == want
+        lr_factor, epoch_factor = {"lr2x": (2, 1), "epochs2": (1, 2)}.get(setting, (1, 1))
+        assert cfg.compress.optim.learning_rate == pytest.approx(lr_factor * base.compress.optim.learning_rate)
+        assert cfg.compress.optim.epochs == epoch_factor * base.compress.optim.epochs
+        assert cfg.data.train_limit == base.data.train_limit  # the same rows in every setting
+
+
+def test_given_teacher_replaces_the_finetune_runs(tmp_path):
+    teacher = tmp_path / "my_teacher"
+    teacher.mkdir()
+    plan = rs.build_plan(_args(tmp_path, "--teacher", str(teacher), "--settings", "tutorial"),
+                         load_config(os.path.join(ROOT, rs.FULL_CONFIG)))
+    assert [r.setting for r in plan] == ["tutorial"] * 3
+    assert {_overrides(r)["model.teacher"] for r in plan} == {str(teacher)}
+
+
+def test_tutorial_recipe_config_is_the_demo_budget_with_the_tutorial_weights():
+    demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
+    tut = load_config(os.path.join(ROOT, "configs", "tutorial_recipe.yaml"))
+    for get in (lambda c: c.model.name_or_path, lambda c: c.data.task, lambda c: c.data.max_seq_len,
+                lambda c: c.data.train_limit, lambda c: c.finetune, lambda c: c.compress.widths,
+                lambda c: c.compress.optim.batch_size):
+        assert get(tut) == get(demo)
+    assert (tut.compress.lambda_distill, tut.compress.lambda_logit, tut.compress.inplace_distill) == (0.1, 0.1, 0.0)
+    assert (tut.data.select_on, tut.compress.select) == ("validation", "supernet")
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="--settings"):
+        _args(tmp_path, "--settings", "tutorial,nope")
+    with pytest.raises(UserError, match="--seeds"):
+        _args(tmp_path, "--seeds", "1,x")
+    with pytest.raises(UserError, match="taken"):
+        _args(tmp_path, "--define", "tutorial=compress.lambda_logit=1.0")
+    args = _args(tmp_path, "--define", "combo=compress.lambda_logit=1.0;compress.inplace_distill=1.0",
+                 "--settings", "combo", "--seeds", "1")
+    combo = _overrides(rs.build_plan(args, load_config(args.config))[1])
+    assert combo["compress.lambda_logit"] == "1.0" and combo["compress.inplace_distill"] == "1.0"
+
+
+def test_a_run_made_with_other_settings_is_refused(tmp_path):
+    args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
+    run = rs.build_plan(args, load_config(args.config))[1]
+    os.makedirs(run.out_dir)
+    with open(os.path.join(run.out_dir, "study.json"), "w") as f:
+        json.dump({"recipe": {**run.recipe, "compress.lambda_logit": 1.0}}, f)
+    with pytest.raises(UserError, match="compress.lambda_logit"):
+        rs.check_stored(run)
+
+
+def _fake_run(run, rng, teacher: float) -> None:
+    """What a finished run leaves behind: results.json, metrics.jsonl, rank 0's log."""
+    os.makedirs(os.path.join(run.out_dir, "logs"))
+    results = {"task": "sst-2", "world_size": 2, "teacher": {"accuracy": teacher},
+               "protocol": {"select_on": "validation", "select": "supernet", "description": "honest"},
+               "compress_best": {"step": 140}, "seconds": {"compress": 900.0},
+               "widths": [{"width": w, "metrics": {"accuracy": float(rng.uniform(0.75, 0.86))}} for w in WIDTHS]}
+    with open(os.path.join(run.out_dir, "results.json"), "w") as f:
+        json.dump(results, f)
+    with open(os.path.join(run.out_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps({"kind": "compress", "step": s}) + "\n" for s in (20, 140, 157))
+    with open(os.path.join(run.out_dir, "logs", "workerlog.0"), "w") as f:
+        f.write("data train: GLUE_DIR /x/SST-2/train.tsv (67349 rows)\n")
+
+
+def _expected(tmp_path, setting: str, seeds) -> dict:
+    """Mean/std/min/max per width straight from the runs' results.json files."""
+    out = {}
+    for w in WIDTHS:
+        metric, delta = [], []
+        for seed in seeds:
+            with open(tmp_path / "runs" / setting / f"seed_{seed}" / "results.json") as f:
+                r = json.load(f)
+            value = {row["width"]: row["metrics"]["accuracy"] for row in r["widths"]}[w]
+            metric.append(value)
+            delta.append(value - r["teacher"]["accuracy"])
+        out[str(w)] = (np.array(metric), np.array(delta))
+    return out
+
+
+def test_statistics_per_setting_and_width_match_numpy_over_the_runs_files(tmp_path):
+    args = _args(tmp_path, "--settings", "tutorial,lr2x", "--seeds", "1,2,3")
+    base = load_config(args.config)
+    plan = rs.build_plan(args, base)
+    rng = np.random.RandomState(0)
+    teachers = {1: 0.83, 2: 0.845, 3: 0.8211}
+    for run in plan:
+        if run.setting != "teacher" and (run.setting, run.seed) != ("lr2x", 3):  # one run still missing
+            _fake_run(run, rng, teachers[run.seed])
+    records = [rs.read_run(r, need_glue=True) for r in plan if r.setting != "teacher" and rs.is_done(r)]
+    agg = rs.aggregate(records, [rs.SETTINGS["tutorial"], rs.SETTINGS["lr2x"]], base)
+    for setting, seeds in (("tutorial", (1, 2, 3)), ("lr2x", (1, 2))):
+        entry = agg["settings"][setting]
+        assert entry["seeds"] == list(seeds)
+        for w, (metric, delta) in _expected(tmp_path, setting, seeds).items():
+            for name, values in (("metric", metric), ("delta", delta)):
+                got = entry["widths"][w][name]
+                assert got["n"] == len(seeds)
+                assert got["mean"] == pytest.approx(values.mean(), abs=1e-12)
+                assert got["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+                assert (got["min"], got["max"]) == (pytest.approx(values.min()), pytest.approx(values.max()))
+        for w, bar in rs.TARGETS.items():
+            assert entry["targets"][str(w)]["met"] == bool(_expected(tmp_path, setting, seeds)[str(w)][1].mean() >= bar)
+    t = agg["teacher"]["summary"]
+    assert t["mean"] == pytest.approx(np.mean(list(teachers.values())))
+    assert t["std"] == pytest.approx(np.std(list(teachers.values()), ddof=1))
+    assert agg["teacher"]["same_in_every_run_of_a_seed"] is True
+
+
+def test_a_run_on_other_data_or_protocol_is_refused(tmp_path):
+    args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
+    run = rs.build_plan(args, load_config(args.config))[1]
+    _fake_run(run, np.random.RandomState(1), 0.8)
+    with open(os.path.join(run.out_dir, "logs", "workerlog.0"), "w") as f:
+        f.write("data train: built-in synthetic sentiment data (NOT GLUE)\n")
+    with pytest.raises(UserError, match="not GLUE_DIR"):
+        rs.read_run(run, need_glue=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --smoke: real launches (a teacher, two settings) on the tiny BERT, then the same command again (resume)
+# ----------------------------------------------------------------------------------------------------------
+def _smoke_cmd(out, model):
+    return [sys.executable, "-m", "benchmarks.recipe_study", "--smoke", "--out", out, "--model", model]
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_model_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("recipe_smoke"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    done = subprocess.run(_smoke_cmd(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(os.path.join(out, "recipe_study.json")) as f:
+        return out, json.load(f), env
+
+
+@pytest.mark.dist
+def test_smoke_json_structure_and_numbers_come_from_the_runs(smoke):
+    out, result, _ = smoke
+    assert result["smoke"] is True and result["seeds"] == [1] and result["settings"] == ["tutorial", "inplace"]
+    assert result["metric"] == "accuracy" and result["missing"] == [] and len(result["runs"]) == 2
+    assert isinstance(result["machine"]["git_commit"], str) and result["machine"]["cpu_model"]
+    assert result["nproc_per_node"] == 1 and isinstance(result["wall_seconds"], float)
+    teacher_dir = os.path.join(out, "teachers", "seed_1", "teacher")
+    for setting in ("tutorial", "inplace"):
+        run_dir = os.path.join(out, "runs", setting, "seed_1")
+        with open(os.path.join(run_dir, "results.json")) as f:
+            per_run = json.load(f)
+        entry = result["aggregate"]["settings"][setting]
+        assert list(entry["widths"]) == [str(w) for w in WIDTHS]
+        for row in per_run["widths"]:
+            cell = entry["widths"][str(float(row["width"]))]
+            value = row["metrics"]["accuracy"]
+            assert cell["metric"]["n"] == 1 and cell["metric"]["std"] is None  # one seed: no spread
+            assert cell["metric"]["mean"] == cell["metric"]["min"] == cell["metric"]["max"] == value
+            assert cell["delta"]["mean"] == pytest.approx(value - per_run["teacher"]["accuracy"])
+        cfg = load_config(os.path.join(run_dir, "config.yaml"))  # what the worker really ran
+        assert cfg.model.teacher == teacher_dir and cfg.run.seed == 1
+        assert cfg.compress.inplace_distill == (1.0 if setting == "inplace" else 0.0)
+        assert cfg.data.select_on == "validation" and cfg.compress.select == "supernet"
+        assert not os.path.exists(os.path.join(run_dir, "compress"))  # models dropped, numbers kept
+    assert result["aggregate"]["teacher"]["per_seed"]["1"] == per_run["teacher"]["accuracy"]
+
+
+@pytest.mark.dist
+def test_smoke_markdown_has_the_tables_and_machine(smoke):
+    out, result, _ = smoke
+    md = open(os.path.join(out, "recipe_study.md")).read()
+    assert "SMOKE" in md and "| setting | seeds | Δ w1.0 |" in md and "| setting | width | n | mean | std |" in md
+    assert "| tutorial |" in md and "| inplace |" in md and "git commit" in md
+
+
+@pytest.mark.dist
+def test_smoke_rerun_launches_nothing_and_reports_the_same(smoke, tiny_model_dir):
+    out, result, env = smoke
+    done = subprocess.run(_smoke_cmd(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "running" not in done.stdout
+    with open(os.path.join(out, "recipe_study.json")) as f:
+        again = json.load(f)
+    assert again["aggregate"] == result["aggregate"]
