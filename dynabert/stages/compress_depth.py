@@ -1,0 +1,219 @@
+"""Stage 2b (``compress_depth``, on when ``compress.depths`` is not [1.0]): DynaBERT's second stage.
+
+The student starts from the width stage's supernet and learns to run with fewer layers too; the teacher
+is a frozen copy of that supernet, at the student's width and full depth (dynabert/depth.py has the layer
+rule and the pairing, with the original code's line numbers). Every (width, depth) of a batch is trained in
+the same optimizer step: gradients accumulate, one all-reduce (``dynabert.trainer.train``). Checkpoints,
+exact resume and non-finite handling are the loop's; evaluation is per (width, depth) on the selection
+split, kept as the width stage keeps it (``compress.select``), into ``compress_depth/best/width_W_depth_D``
+(``width_W`` at depth 1.0). ``export_depth`` then exports and reports every (width, depth).
+"""
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import paddle
+
+from dynabert.batching import GlobalBatches
+from dynabert.checkpoint import Checkpoint
+from dynabert.config import Config
+from dynabert.depth import DepthSupernet, KeptHiddenStates, depth_dir_name, depth_step
+from dynabert.errors import UserError
+from dynabert.export import EXPORT_META, extract_submodel_at_depth, save_exported
+from dynabert.io_utils import atomic_paddle_save
+from dynabert.metrics import main_metric_name
+from dynabert.precision import Precision
+from dynabert.preflight import check_free_space
+from dynabert.stage_state import checkpointer, resume_from
+from dynabert.stages.common import StageContext, describe, improves, is_finite, load_teacher, tokenizer_of
+from dynabert.stages.export import load_kept
+from dynabert.supernet import Supernet
+from dynabert.task_data import metrics_on
+from dynabert.train_step import HiddenStates, forward
+from dynabert.trainer import LoopHooks, global_throughput, train
+
+NAME = "compress_depth"
+
+
+def depth_on(cfg: Config) -> bool:
+    return tuple(cfg.compress.depths) != (1.0,)
+
+
+def width_stage_supernet(ctx: StageContext) -> str:
+    """Where the student starts. With ``compress.select: supernet`` the width stage's kept best supernet: the
+    original starts its second stage from the directory its first stage wrote, which it rewrites only when
+    the summed dev accuracy of all widths improves (run_glue.py L233-247). With ``per_width`` there is no
+    single best supernet, so the last one."""
+    best = ctx.path("compress", "best", "supernet.pdparams")
+    return best if ctx.cfg.compress.select == "supernet" else ctx.path("compress", "supernet.pdparams")
+
+
+def load_width_supernets(ctx: StageContext) -> Tuple[Supernet, Supernet]:
+    """(student, teacher): two copies of the width stage's supernet, the same on every rank. Rank 0 reads the
+    file (maybe on a disk only it sees) and the others receive the weights."""
+    cfg, comms = ctx.cfg, ctx.comms
+    path = width_stage_supernet(ctx)
+
+    def check() -> None:
+        if not os.path.isfile(path):
+            raise UserError(f"compress.depths: no width-stage supernet at {path}; run the compress stage first")
+
+    comms.decide(check)
+    base = load_teacher(ctx)  # the architecture; every weight is replaced below
+    student, teacher = Supernet(base, cfg.compress.widths), Supernet(base, cfg.compress.widths)
+    del base
+    comms.run_on_main(lambda: student.set_state_dict(paddle.load(path)))
+    comms.broadcast_parameters(student.parameters(), src=0)
+    teacher.set_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.stop_gradient = True
+    teacher.eval()
+    return student, teacher
+
+
+def sub_key(width: float, depth: float) -> str:
+    return f"{width:g}_{depth:g}"
+
+
+class DepthBestKeeper:
+    """The width stage's BestKeeper over (width, depth) pairs: "supernet" keeps the step with the best mean
+    selection metric over all pairs (the original sums them, run_glue.py L216-234), "per_width" each
+    pair's own best step. State (JSON, in checkpoints and DONE.json): {"select", "step", "mean", "models":
+    {"W_D": metrics + step}}. Rank 0 writes what is kept under ``compress_depth/best``."""
+
+    def __init__(self, ctx: StageContext, student: DepthSupernet, state: Optional[dict]):
+        self.ctx, self.student = ctx, student
+        self.select = ctx.cfg.compress.select
+        self.metric = main_metric_name(ctx.data.task)
+        self.root = ctx.path(NAME, "best")
+        self.state = state or {"select": self.select, "step": None, "mean": None, "models": {}}
+
+    def offer(self, step: int, results: Dict[Tuple[float, float], Dict[str, float]]) -> None:
+        models = self.state["models"]
+        if self.select == "per_width":
+            better = [k for k, r in results.items() if improves(r, models.get(sub_key(*k)), self.metric)]
+        else:
+            mean = float(np.mean([r[self.metric] for r in results.values()]))
+            current = None if self.state["mean"] is None else {self.metric: self.state["mean"]}
+            better = list(results) if improves({self.metric: mean}, current, self.metric) else []
+        if not better or not is_finite(self.student.model):
+            return
+        for k in better:
+            models[sub_key(*k)] = {**results[k], "step": step}
+        if self.select == "supernet":
+            self.state.update(step=step, mean=mean)
+        self.ctx.comms.run_on_main(lambda: self._save(better))
+
+    def _save(self, pairs) -> None:
+        tokenizer = tokenizer_of(self.ctx.cfg)
+        for width, depth in pairs:
+            save_exported(extract_submodel_at_depth(self.student, width, depth), width, tokenizer,
+                          os.path.join(self.root, depth_dir_name(width, depth)), inference_model=False, depth=depth)
+        if self.select == "supernet":
+            atomic_paddle_save(self.student.state_dict(), os.path.join(self.root, "supernet.pdparams"))
+
+
+def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
+    """Returns the completion record: the kept evaluations ("best"), the throughput, skipped steps."""
+    cfg, comms, log, data = ctx.cfg, ctx.comms, ctx.log, ctx.data
+    ccfg = cfg.compress
+    width_supernet, teacher = load_width_supernets(ctx)
+    student = DepthSupernet(width_supernet, ccfg.depths)
+    log.info(f"{NAME}: {len(student.widths)} widths x {len(student.depths)} depths, layers kept: "
+             + ", ".join(f"{d:g} -> {student.kept(d)}" for d in student.depths))
+    check_free_space(cfg, student.model, comms)
+    if checkpoint:
+        student.set_state_dict(checkpoint.model_state())
+    student_states, teacher_states = KeptHiddenStates(student.model), HiddenStates(teacher.model)
+    keeper = DepthBestKeeper(ctx, student, checkpoint.extra["best"] if checkpoint else None)
+
+    def on_eval(step: int) -> None:
+        student.eval()
+        results = {}
+        with student_states.paused():
+            for width in student.widths:
+                student.set_width(width)
+                for depth in student.depths:
+                    with student.at_depth(depth):
+                        result = metrics_on(data.selection, lambda b: forward(student, b), data, cfg, comms)
+                    results[(width, depth)] = result
+                    log.record(f"{NAME}_eval/w{width:g}_d{depth:g}", step, result)
+                    log.info(f"{NAME} eval step {step} width {width:g} depth {depth:g} ({data.selection_name}): "
+                             f"{describe(result)}")
+        keeper.offer(step, results)
+        student.train()
+
+    precision = Precision(cfg.run.precision)
+
+    def step_fn(batch):
+        return depth_step(student, student_states, teacher, teacher_states, batch, widths=student.widths,
+                          depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
+                          regression=data.regression, backward=precision.backward)
+
+    batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
+                            data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
+                            group_by_length=cfg.data.group_by_length)
+    student.train()
+    outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=batches,
+                    comms=comms, log=log, settings=ctx.loop_settings(NAME),
+                    hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms),
+                                    checkpoint_state=lambda: {"best": keeper.state}),
+                    resume=resume_from(checkpoint), precision=precision)
+    student_states.remove()
+    teacher_states.remove()
+    comms.run_on_main(lambda: atomic_paddle_save(student.state_dict(), ctx.path(NAME, "supernet.pdparams")))
+    speed = global_throughput(outcome.throughput, comms)
+    log.info(f"{NAME}: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
+    return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps}
+
+
+def export_depth(ctx: StageContext) -> List[dict]:
+    """The export stage when the depth stage ran: every kept (width, depth) of ``compress_depth/best`` as a
+    standalone model with fewer layers in ``export/width_W_depth_D`` (``width_W`` at depth 1.0), evaluated
+    once on dev. One row per pair, widest then deepest first."""
+    widths = sorted(ctx.cfg.export.widths or ctx.cfg.compress.widths, reverse=True)
+    rows = [export_pair(ctx, width, depth) for width in widths for depth in sorted(ctx.cfg.compress.depths,
+                                                                                    reverse=True)]
+    ctx.comms.barrier()
+    return rows
+
+
+def export_pair(ctx: StageContext, width: float, depth: float) -> dict:
+    cfg, comms = ctx.cfg, ctx.comms
+    name = depth_dir_name(width, depth)
+    source = ctx.path(NAME, "best", name)
+    comms.decide(lambda: _check_kept(source, width, depth))
+    model = load_kept(ctx, source, width)
+    result = metrics_on(ctx.data.dev, lambda b: forward(model, b), ctx.data, cfg, comms)
+    out = ctx.path("export", name)
+    meta = comms.broadcast_object(comms.run_on_main(lambda: save_exported(
+        model, width, tokenizer_of(cfg), out, depth=depth, inference_model=cfg.export.inference_model)))
+    ctx.log.info(f"export width {width:g} depth {depth:g} ({meta['num_layers']} layers): "
+                 f"{meta['parameters']:,} parameters, dev {describe(result)}")
+    return {**meta, "metrics": result}
+
+
+def _check_kept(source: str, width: float, depth: float) -> None:
+    meta = os.path.join(source, EXPORT_META)
+    if not os.path.isfile(meta):
+        raise UserError(f"compress.depths: no compressed model for width {width:g} depth {depth:g} at {source}; "
+                        "run the compress_depth stage first")
+    with open(meta) as f:
+        if json.load(f).get("depth") != depth:
+            raise UserError(f"compress.depths: {meta} is not a depth-{depth:g} model")
+
+
+def depth_results_markdown(rows: List[dict], teacher_metric: Optional[float], metric_name: str,
+                           protocol: Optional[dict] = None) -> str:
+    """The results table with a row per (width, depth): rows carry width, depth, num_layers, parameters,
+    encoder_parameters and metric (the value of ``metric_name``)."""
+    lines = [f"Protocol: {protocol['description']}.", ""] if protocol else []
+    lines += [f"| width | depth | layers | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} "
+              "| delta |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t = "" if teacher_metric is None else f"{teacher_metric:.4f}"
+        d = "" if teacher_metric is None else f"{r['metric'] - teacher_metric:+.4f}"
+        lines.append(f"| {r['width']} | {r['depth']} | {r['num_layers']} | {r['parameters']:,} "
+                     f"| {r['encoder_parameters']:,} | {r['metric']:.4f} | {t} | {d} |")
+    return "\n".join(lines) + "\n"
