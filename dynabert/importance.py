@@ -38,8 +38,9 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
     layers = list(model.bert.encoder.layers)
     head_mask = paddle.ones([shape["layers"], shape["heads"]], dtype="float32")
     head_mask.stop_gradient = False
-    head_imp = np.zeros([shape["layers"], shape["heads"]])
-    neuron_imp = np.zeros([shape["layers"], shape["ffn"]])
+    # Accumulated on the device: one copy to the host at the end, not every FFN weight and gradient per batch.
+    head_imp = paddle.zeros([shape["layers"], shape["heads"]], dtype="float32")
+    neuron_imp = [paddle.zeros([shape["ffn"]], dtype="float32") for _ in layers]
     hooks = [layer.self_attn.out_proj.register_forward_pre_hook(
         _head_mask_hook(head_mask, i, shape["heads"], shape["head_dim"])) for i, layer in enumerate(layers)]
     was_training = model.training
@@ -59,11 +60,12 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
             logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
                            attention_mask=batch["attention_mask"])
             loss_fn(logits, batch["labels"]).backward()
-            head_imp += np.abs(head_mask.grad.numpy())
-            for i, layer in enumerate(layers):
-                w1, b1, w2 = layer.linear1.weight, layer.linear1.bias, layer.linear2.weight
-                neuron_imp[i] += np.abs((w1.numpy() * w1.grad.numpy()).sum(axis=0) + b1.numpy() * b1.grad.numpy())
-                neuron_imp[i] += np.abs((w2.numpy() * w2.grad.numpy()).sum(axis=1))
+            with paddle.no_grad():
+                head_imp += paddle.abs(head_mask.grad)
+                for i, layer in enumerate(layers):
+                    w1, b1, w2 = layer.linear1.weight, layer.linear1.bias, layer.linear2.weight
+                    neuron_imp[i] += paddle.abs((w1 * w1.grad).sum(axis=0) + b1 * b1.grad)
+                    neuron_imp[i] += paddle.abs((w2 * w2.grad).sum(axis=1))
             head_mask.clear_gradient()
             model.clear_gradients()
     finally:
@@ -75,4 +77,4 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
             p.clear_gradient(False)
         if was_training:
             model.train()
-    return head_imp, neuron_imp
+    return head_imp.numpy().astype(np.float64), paddle.stack(neuron_imp).numpy().astype(np.float64)
