@@ -150,9 +150,10 @@ def build_plan(args, base_env=None, cpu_count: Optional[int] = None, gpus: Optio
               "--teacher-state", state, "--global-batch", str(global_batch), *step_flags]
     argv, env_n = build_launch_command(opts, worker, py, base_env=base_env, cpu_count=cpu_count)
     env_n = _with_threads(env_n, per_proc)
-    stages.append(Stage(f"step_{nproc}proc", argv, env_n, per_proc, processes=nproc, needs=["importance"],
-                        timeout=1800, log_dir=opts.log_dir,
-                        outputs=[f"step_time_{nproc}proc.json", f"step_time_{nproc}proc.md"]))
+    if nproc > 1:  # one GPU: the 1-process stage is the whole measurement (no second stage of the same name)
+        stages.append(Stage(f"step_{nproc}proc", argv, env_n, per_proc, processes=nproc, needs=["importance"],
+                            timeout=1800, log_dir=opts.log_dir,
+                            outputs=[f"step_time_{nproc}proc.json", f"step_time_{nproc}proc.md"]))
     mem_flags = ["--steps", "1"] if smoke else ["--steps", "2"]
     for side in ("project", "reference"):
         stages.append(Stage(f"memory_{side}", mod("memory", "--side", side, "--teacher-state", state, *mem_flags),
@@ -165,9 +166,9 @@ def build_plan(args, base_env=None, cpu_count: Optional[int] = None, gpus: Optio
     stages.append(Stage("latency", mod("latency", "--teacher-state", state, "--threads", str(threads), *lat_flags),
                         env1, threads, needs=["importance"], timeout=1800,
                         outputs=["latency.json", "latency.md", "latency.png"]))
+    allreduce = ["--allreduce", os.path.join(out, f"step_time_{nproc}proc.json")] if nproc > 1 else []
     stages.append(Stage("scale_model", [py, "-m", "benchmarks.scale_model", "--out", out,
-                                        "--step-time", os.path.join(out, "step_time_1proc.json"),
-                                        "--allreduce", os.path.join(out, f"step_time_{nproc}proc.json")],
+                                        "--step-time", os.path.join(out, "step_time_1proc.json"), *allreduce],
                         env1, threads, needs=["step_1proc"], timeout=120,
                         outputs=["scale_model.json", "scale_model.md"]))
     return stages

@@ -244,3 +244,15 @@ def test_cpu_plan_uses_two_single_thread_processes():
     assert two.argv[two.argv.index("--global-batch") + 1] == "32"  # 16 per rank
     one = plan["step_1proc"]
     assert one.threads == 2 and one.env["OMP_NUM_THREADS"] == one.env["MKL_NUM_THREADS"] == "2"
+
+
+def test_one_gpu_plan_has_unique_stage_names():
+    """With one GPU the launched N-process stage would also be called step_1proc: it is left out."""
+    from benchmarks.run_all import build_plan, parse_args
+
+    plan = build_plan(parse_args(["--device", "gpu", "--gpus", "1", "--out", "/tmp/x"]), base_env={},
+                      cpu_count=8, gpus=1)
+    names = [s.name for s in plan]
+    assert len(names) == len(set(names)) and "step_1proc" in names
+    scale = next(s for s in plan if s.name == "scale_model")
+    assert "--allreduce" not in scale.argv
