@@ -3,7 +3,9 @@ share (context, completion markers, resume, seeding) in ``dynabert/stages/common
 
     config.yaml            the resolved config        metrics.jsonl, tensorboard/   logs
     teacher/               fine-tuned teacher         compress/best/width_W/        kept sub-model per width
-    export/width_W/        standalone model + inference/ Paddle inference model
+    compress_depth/        the depth stage's kept models and supernet (compress.depths)
+    export/width_W[_depth_D]/  standalone model + inference/ Paddle inference model
+    select/                candidate table, plot, the chosen model with its card
     results.json, results.md                          the per-width table (dev)
 """
 import dataclasses
