@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Dict, Iterable, List, Optional
 
 from dynabert.io_utils import atomic_write_text  # no paddle import: safe before set_threads
+from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
@@ -50,24 +51,6 @@ def threads_from_env(default: int) -> int:
 
 def thread_env() -> Dict[str, Optional[str]]:
     return {var: os.environ.get(var) for var in THREAD_VARS}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _version(dist: str) -> Optional[str]:

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from dynabert.io_utils import atomic_write_text
+from dynabert.machine import cpu_model  # noqa: F401  (shared: dynabert/machine.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER = "other"
@@ -77,17 +78,6 @@ def add_efficiency(rows: List[dict]) -> None:
 # ------------------------------------------------------------------------------------------------
 # machine
 # ------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def git_commit() -> Optional[str]:
     """The project checkout's HEAD (read-only), with "+changes" when files differ from it; None outside git."""
     try:

@@ -22,6 +22,7 @@ from dynabert.batching import eval_batches
 from dynabert.config import Config
 from dynabert.data import encode, get_task, load_split
 from dynabert.deploy.quantize import INPUT_NAMES
+from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
 from dynabert.metrics import compute_metrics
 
 
@@ -109,24 +110,6 @@ def _version(dist: str) -> Optional[str]:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def code_commit() -> Optional[str]:
