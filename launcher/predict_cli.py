@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional, Sequence, TextIO, Tuple
 
 import dynabert  # noqa: F401  (zlib before paddle)
-from dynabert.errors import UserError
+from dynabert.errors import UserError, run_reporting_errors
 
 TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("#1 String", "#2 String"),
                 ("question", "sentence"), ("sentence", None), ("text_a", "text_b"), ("text", None))
@@ -136,12 +136,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    try:
-        run(args, stdin or sys.stdin, stdout or sys.stdout)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    return 0
+    return run_reporting_errors(lambda: run(args, stdin or sys.stdin, stdout or sys.stdout))
 
 
 if __name__ == "__main__":

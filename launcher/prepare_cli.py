@@ -12,28 +12,26 @@ import time
 
 
 def main(argv=None) -> int:
-    from dynabert.errors import UserError
-    from launcher.config import load_config
+    from dynabert.errors import run_reporting_errors
 
     p = argparse.ArgumentParser(prog="dynabert-prepare", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML config (the job's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        from dynabert.run_log import RunLog
-        from dynabert.stages.common import tokenizer_of
-        from dynabert.stages.prepare import cache_dir, prepare_data
+    return run_reporting_errors(lambda: _prepare(args))
 
-        start = time.perf_counter()
-        data = prepare_data(cfg, tokenizer_of(cfg), RunLog(cfg.run.out_dir, enabled=False))
-        print(f"prepared in {time.perf_counter() - start:.1f}s: train {len(data.train)} rows, "
-              f"{data.selection_name} {len(data.selection)}, dev {len(data.dev)} (cache {cache_dir(cfg)})")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    return 0
 
+def _prepare(args) -> None:
+    from dynabert.run_log import RunLog
+    from dynabert.stages.common import tokenizer_of
+    from dynabert.stages.prepare import cache_dir, prepare_data
+    from launcher.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    start = time.perf_counter()
+    data = prepare_data(cfg, tokenizer_of(cfg), RunLog(cfg.run.out_dir, enabled=False))
+    print(f"prepared in {time.perf_counter() - start:.1f}s: train {len(data.train)} rows, "
+          f"{data.selection_name} {len(data.selection)}, dev {len(data.dev)} (cache {cache_dir(cfg)})")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 import dynabert  # noqa: F401  (zlib before paddle)
-from dynabert.errors import UserError
+from dynabert.errors import UserError, run_reporting_errors
 from launcher.config import load_config
 
 
@@ -74,12 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse already printed
         return int(e.code or 0)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    return 0
+    return run_reporting_errors(lambda: run(args))
 
 
 if __name__ == "__main__":
