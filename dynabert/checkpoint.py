@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import paddle
 
+from dynabert import faults
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
@@ -126,6 +127,8 @@ class Checkpointer:
         self._posted = 0  # the last step rank 0 announced for a time-triggered checkpoint
         self._writer: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
+        self._step = 0  # the training loop's last completed step (it asks ``due`` after every step)
+        self._slow_write = faults.slow_write_from_env()  # tests only
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +139,7 @@ class Checkpointer:
         trigger is rank 0's clock: when it fires, rank 0 posts the next step in the job's store and every
         rank reads it there after each step (no collective), so all take the same decision at the same
         step. Every rank must know, because saving makes the others wait for rank 0 (``run_on_main``)."""
+        self._step = step
         if self.every_steps and step % self.every_steps == 0:
             return True
         if not self.every_minutes:
@@ -176,7 +180,6 @@ class Checkpointer:
 
     def _write(self, final: str, model: dict, optimizer: dict, arrays: dict, state: dict) -> None:
         try:
-            write_delay = float(os.environ.get("DYNABERT_TEST_CHECKPOINT_WRITE_DELAY", "0"))  # tests only
             with atomic_directory(final) as tmp:
                 paddle.save(model, os.path.join(tmp, MODEL))
                 paddle.save(optimizer, os.path.join(tmp, OPTIMIZER))
@@ -184,8 +187,8 @@ class Checkpointer:
                     np.savez(os.path.join(tmp, ARRAYS), **arrays)
                 with open(os.path.join(tmp, STATE), "w") as f:
                     json.dump(state, f, indent=2)
-                if write_delay:
-                    time.sleep(write_delay)  # simulates a slow filesystem; the others must train on
+                if self._slow_write is not None:  # tests: a slow filesystem, while the ranks train on
+                    self._slow_write.hold(state["position"]["step"], lambda: self._step)
                 files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
                          for n in sorted(os.listdir(tmp))}
                 with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: its presence means complete

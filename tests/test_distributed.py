@@ -126,25 +126,3 @@ def test_nan_on_one_rank_is_skipped_by_every_rank(tiny_model_dir, tmp_path):
     params = np.load(os.path.join(out, "params_rank0.npz"))
     assert all(np.isfinite(params[k]).all() for k in params.files)
 
-
-def test_rank0_work_longer_than_gloo_timeout(tmp_path):
-    """Gloo gives up on a collective after 30 s; rank-0-only work (importance) can take longer. With
-    run_on_main the other rank waits on the TCP store instead, and the broadcast afterwards succeeds."""
-    script = tmp_path / "slow_main.py"
-    script.write_text(
-        "import sys, time\n"
-        f"sys.path.insert(0, {ROOT!r})\n"
-        "import dynabert, paddle\n"
-        "from launcher.fleet_setup import init_collectives\n"
-        "c = init_collectives()\n"
-        "p = paddle.full([4], float(c.rank + 1))\n"
-        "c.run_on_main(lambda: (time.sleep(40), p.set_value(paddle.full([4], 7.0))))\n"
-        "c.broadcast_parameters([p])\n"
-        "assert p.numpy().tolist() == [7.0] * 4, p.numpy()\n"
-        "print('ok', c.rank, flush=True)\n")
-    done = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-                           "--log_dir", str(tmp_path / "logs"), str(script)], env=_env(), timeout=300,
-                          capture_output=True, text=True)
-    logs = {f: open(tmp_path / "logs" / f).read() for f in os.listdir(tmp_path / "logs")}
-    assert done.returncode == 0, logs.get("workerlog.1", "")[-2000:]
-    assert "ok 1" in logs["workerlog.1"]

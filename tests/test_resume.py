@@ -10,7 +10,8 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert.checkpoint import MANIFEST, Checkpointer, Position, latest_checkpoint, list_checkpoints
+from dynabert.checkpoint import MANIFEST, Checkpointer, Position, latest_checkpoint, list_checkpoints, verify
+from dynabert.errors import UserError
 from tests.conftest import ROOT
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -85,25 +86,52 @@ def test_sigkill_then_resume_auto_matches_uninterrupted_run(tiny_model_dir, teac
     _assert_same(uninterrupted, _final(out))
 
 
+def _launch_two(model_dir, teacher, out, *extra, env=None):
+    cli = [sys.executable, "-m", "launcher", "--nproc_per_node", "2", "--device", "cpu",
+           *_args(model_dir, teacher, out), *extra]
+    return subprocess.run(cli, env={**_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_two(tiny_model_dir, teacher, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("straight2"))
+    straight = _launch_two(tiny_model_dir, teacher, out)
+    assert straight.returncode == 0, straight.stdout[-3000:]
+    return _final(out)
+
+
 @pytest.mark.dist
-def test_two_processes_killed_worker_restarts_and_matches(tiny_model_dir, teacher, tmp_path):
+def test_two_processes_killed_worker_restarts_and_matches(tiny_model_dir, teacher, uninterrupted_two, tmp_path):
     """dynabert-launch --max_restarts 1: rank 1 SIGKILLs itself after step 13 (checkpoint 12 is written
     by then); the job restarts with --resume auto, completes, and ends with the parameters of an
     uninterrupted 2-process run. The kill is at a chosen step, so it never races the end of the run."""
-    def launch(out, *extra, env=None):
-        cli = [sys.executable, "-m", "launcher", "--nproc_per_node", "2", "--device", "cpu",
-               *_args(tiny_model_dir, teacher, out), *extra]
-        return subprocess.run(cli, env={**_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=600)
-
-    straight = launch(str(tmp_path / "straight2"))
-    assert straight.returncode == 0, straight.stdout[-3000:]
     out = str(tmp_path / "restarted")
-    restarted = launch(out, "--max_restarts", "1", env=_fault(tmp_path, 1))
+    restarted = _launch_two(tiny_model_dir, teacher, out, "--max_restarts", "1", env=_fault(tmp_path, 1))
     assert restarted.returncode == 0, restarted.stdout[-3000:]
     assert "restart 1/1 after rank 1 failed" in restarted.stdout
     assert (tmp_path / "fault_fired").read_text().startswith("rank 1 killed itself at step 13")
-    _assert_same(_final(str(tmp_path / "straight2")), _final(out))
+    _assert_same(uninterrupted_two, _final(out))
+
+
+@pytest.mark.dist
+def test_checkpoint_written_longer_than_a_collective_timeout_while_ranks_train_on(
+        tiny_model_dir, teacher, uninterrupted_two, tmp_path):
+    """Checkpoint 6 is still being written when the loop completes step 12 (the ranks trained on
+    meanwhile: that is the event it waits for), then takes 35 s more, so at checkpoint 12 rank 0 waits
+    for it and rank 1 waits for rank 0 longer than gloo's 30 s collective timeout: on the store, not in
+    a collective. The job ends as an uninterrupted one; the slow checkpoint is complete and verifiable."""
+    out = str(tmp_path / "slow")
+    slow = _launch_two(tiny_model_dir, teacher, out, "--set", "run.keep_checkpoints=5",
+                       env={"DYNABERT_SLOW_CHECKPOINT": "step=6,until=12,seconds=35"})
+    assert slow.returncode == 0, slow.stdout[-3000:]
+    assert slow.stdout.count("[fault injection] checkpoint of step 6 held open until step 12, then 35 s") == 1, \
+        slow.stdout[-3000:]
+    root = os.path.join(out, "checkpoints", "compress")
+    assert [os.path.basename(p) for p in list_checkpoints(root)] == ["step_00000006", "step_00000012",
+                                                                     "step_00000018"]
+    assert all(verify(p) is None for p in list_checkpoints(root))
+    _assert_same(uninterrupted_two, _final(out))
 
 
 @pytest.mark.dist
@@ -148,6 +176,28 @@ def test_partial_or_corrupt_checkpoints_are_skipped(tmp_path):
     assert "no manifest" in seen[0] and "does not match its checksum" in seen[1]
 
 
+def test_a_slow_write_stays_incomplete_until_training_passes_the_chosen_step(tmp_path, monkeypatch):
+    """The test-only slow write is held by an event (the loop's progress), not a duration, and a
+    checkpoint caught mid-write has no manifest, so it is not a checkpoint."""
+    from dynabert.collectives import SingleProcess
+
+    monkeypatch.setenv("DYNABERT_SLOW_CHECKPOINT", "step=2,until=4,seconds=0")
+    ck = Checkpointer(str(tmp_path), every_steps=2, every_minutes=0, keep=5, is_main=True, fingerprint={})
+    comms = SingleProcess()
+    assert ck.due(2, comms)
+    path = ck.save(Position(2, 0, 2), lambda: {"w": np.zeros(3, np.float32)}, lambda: {}, {})
+    ck.due(3, comms)
+    assert not ck._writer.join(timeout=0.5) and ck._writer.is_alive()  # still held: step 4 not reached
+    assert verify(path) is not None and latest_checkpoint(str(tmp_path), lambda _: None) is None
+    ck.due(4, comms)
+    ck.wait()
+    assert verify(path) is None
+    for bad in ("step=2", "step=2,seconds=x,until=3", "step=2,seconds=1,until=3,extra=1"):
+        monkeypatch.setenv("DYNABERT_SLOW_CHECKPOINT", bad)
+        with pytest.raises(UserError, match="DYNABERT_SLOW_CHECKPOINT"):
+            Checkpointer(str(tmp_path), every_steps=2, every_minutes=0, keep=5, is_main=True, fingerprint={})
+
+
 def test_keeps_the_last_k_and_never_lists_temporary_dirs(tmp_path):
     ck = Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=2, is_main=True, fingerprint={})
     for step in range(1, 6):
@@ -164,7 +214,6 @@ def test_only_the_main_rank_writes(tmp_path):
 def test_explicit_resume_path_loads_that_checkpoint(tmp_path):
     from dynabert.collectives import SingleProcess
     from dynabert.config import model_fingerprint
-    from dynabert.errors import UserError
     from dynabert.run_log import RunLog
     from dynabert.stage_state import resume_point
     from launcher.config import load_config
