@@ -9,6 +9,10 @@ PYTEST := $(PY) -m pytest -q -ra
 # Test tiers by marker (registered in tests/conftest.py); together they are the whole suite.
 FAST := "not e2e and not dist and not slow"
 SLOW := "e2e or dist or slow"
+# The slow tier in pytest-xdist workers, a test file per worker at a time (module fixtures run once): the
+# real-model demo (test_e2e.py, most of the tier's CPU) runs beside the process tests, which spend much of
+# their time starting interpreters and waiting on each other. 2 matches the 2-core machine CI runs on.
+SLOW_WORKERS ?= 2
 # Real GLUE data beside the checkout (as in CI) when it exists; otherwise the pipeline falls back to
 # PaddleNLP's download, then to its built-in synthetic set.
 GLUE_DIR ?= $(wildcard $(abspath ../shared/data/glue))
@@ -39,7 +43,7 @@ lint: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PYTEST) -m $(FAST) tests
-	$(PYTEST) -m $(SLOW) tests
+	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile tests
 
 # In-process tests on a tiny random BERT (no subprocess, no multi-process, no MiniLM training): under a
 # minute on 2 cores.
@@ -49,7 +53,7 @@ test-fast: venv
 # The rest: tests marked dist (they start processes, including 2-process gloo runs), e2e (MiniLM on SST-2) or
 # slow (in-process but tens of seconds, e.g. tokenizer parity on every SST-2 training row).
 test-slow: venv
-	$(PYTEST) -m $(SLOW) tests
+	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile tests
 
 bench: venv
 	$(PY) -m benchmarks.run_all

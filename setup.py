@@ -32,7 +32,7 @@ setup(
         "scikit-learn",
         "scipy",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "hypothesis", "ruff"]},
     entry_points={"console_scripts": [
         "dynabert-launch=launcher.cli:main",
         "dynabert-bench=launcher.bench:main",
