@@ -60,7 +60,7 @@ def test_table_printed_and_models_exported(demo_run):
 def test_honest_protocol_is_the_default(demo_run):
     _, results, stdout = demo_run
     assert results["protocol"]["select_on"] == "validation" and results["protocol"]["select"] == "supernet"
-    assert "Protocol: importance and checkpoint selection on 1000 held-out training rows" in stdout
+    assert "Protocol: importance and checkpoint selection on 500 held-out training rows" in stdout
     steps = {m["step"] for m in results["compress_best"]["widths"].values()}
     assert len(steps) == 1  # every width cut from one supernet
 
