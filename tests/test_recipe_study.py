@@ -63,8 +63,8 @@ def test_tutorial_recipe_config_is_the_demo_budget_with_the_tutorial_weights():
     demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
     tut = load_config(os.path.join(ROOT, "configs", "tutorial_recipe.yaml"))
     for get in (lambda c: c.model.name_or_path, lambda c: c.data.task, lambda c: c.data.max_seq_len,
-                lambda c: c.data.train_limit, lambda c: c.finetune, lambda c: c.compress.widths,
-                lambda c: c.compress.optim.batch_size):
+                lambda c: c.data.train_limit, lambda c: c.data.validation_rows, lambda c: c.finetune,
+                lambda c: c.compress.widths, lambda c: c.compress.optim.batch_size):
         assert get(tut) == get(demo)
     assert (tut.compress.lambda_distill, tut.compress.lambda_logit, tut.compress.inplace_distill) == (0.1, 0.1, 0.0)
     assert (tut.data.select_on, tut.compress.select) == ("validation", "supernet")
