@@ -24,7 +24,7 @@ from dynabert.run_log import RunLog, results_markdown, write_results
 from dynabert.stage_state import stage_done
 from dynabert.stages.common import StageContext, run_stage, tokenizer_of
 from dynabert.stages.compress import compress
-from dynabert.stages.compress_depth import compress_depth, depth_on, depth_results_markdown, export_depth
+from dynabert.stages.compress_depth import compress_depth, depth_on, export_depth
 from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
@@ -83,8 +83,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
                   r["parameters"], "encoder_parameters": r["encoder_parameters"], "metric": r["metrics"][metric]}
                  for r in rows]
         results["widths"] = rows
-        markdown = (depth_results_markdown if depth_on(cfg) else results_markdown)(
-            table, results["teacher"][metric], metric, protocol=results["protocol"])
+        markdown = results_markdown(table, results["teacher"][metric], metric, protocol=results["protocol"],
+                                    depth=depth_on(cfg))
         if comms.is_main:
             log.info("\n" + markdown)
             write_results(cfg.run.out_dir, {**results, "seconds": timings}, markdown)

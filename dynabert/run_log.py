@@ -57,15 +57,20 @@ def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = "
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=interval)
 
 
-def results_markdown(rows, teacher_metric: Optional[float], metric_name: str, protocol: Optional[dict] = None) -> str:
+def results_markdown(rows, teacher_metric: Optional[float], metric_name: str, protocol: Optional[dict] = None,
+                     *, depth: bool = False) -> str:
+    """The results table, a row per width (rows carry width, parameters, encoder_parameters and metric, the
+    value of ``metric_name``); with ``depth``, a row per (width, depth), rows also carrying depth and
+    num_layers."""
     lines = [f"Protocol: {protocol['description']}.", ""] if protocol else []
-    lines += [f"| width | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} | delta |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    keys = "| width | depth | layers |" if depth else "| width |"
+    lines += [f"{keys} parameters | encoder parameters | dev {metric_name} | teacher {metric_name} | delta |",
+              "|---:" * (keys.count("|") + 4) + "|"]
     for r in rows:
         t = "" if teacher_metric is None else f"{teacher_metric:.4f}"
         d = "" if teacher_metric is None else f"{r['metric'] - teacher_metric:+.4f}"
-        lines.append(f"| {r['width']} | {r['parameters']:,} | {r['encoder_parameters']:,} | {r['metric']:.4f} "
-                     f"| {t} | {d} |")
+        cells = f"| {r['width']} | {r['depth']} | {r['num_layers']} |" if depth else f"| {r['width']} |"
+        lines.append(f"{cells} {r['parameters']:,} | {r['encoder_parameters']:,} | {r['metric']:.4f} | {t} | {d} |")
     return "\n".join(lines) + "\n"
 
 

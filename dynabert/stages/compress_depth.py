@@ -202,18 +202,3 @@ def _check_kept(source: str, width: float, depth: float) -> None:
     with open(meta) as f:
         if json.load(f).get("depth") != depth:
             raise UserError(f"compress.depths: {meta} is not a depth-{depth:g} model")
-
-
-def depth_results_markdown(rows: List[dict], teacher_metric: Optional[float], metric_name: str,
-                           protocol: Optional[dict] = None) -> str:
-    """The results table with a row per (width, depth): rows carry width, depth, num_layers, parameters,
-    encoder_parameters and metric (the value of ``metric_name``)."""
-    lines = [f"Protocol: {protocol['description']}.", ""] if protocol else []
-    lines += [f"| width | depth | layers | parameters | encoder parameters | dev {metric_name} | teacher {metric_name} "
-              "| delta |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        t = "" if teacher_metric is None else f"{teacher_metric:.4f}"
-        d = "" if teacher_metric is None else f"{r['metric'] - teacher_metric:+.4f}"
-        lines.append(f"| {r['width']} | {r['depth']} | {r['num_layers']} | {r['parameters']:,} "
-                     f"| {r['encoder_parameters']:,} | {r['metric']:.4f} | {t} | {d} |")
-    return "\n".join(lines) + "\n"
