@@ -21,6 +21,8 @@ if the workaround stops working.
 11. (found here) ``layer_norm``'s gradient with respect to its *input* is wrong on Paddle 2.6.2 (CPU) when
    its weight and bias have stop_gradient=True. -> never freeze LayerNorm parameters while gradients
    flow through them (dynabert/importance.py freezes other weights to save time, not these).
+12. (found here) Every gloo process group after the first rendezvouses on the first one's store keys.
+   -> launcher/fleet_setup.py creates the global group alone on gloo (dynabert/ never creates groups).
 """
 import paddle
 import paddle.nn.functional as F

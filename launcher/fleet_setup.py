@@ -1,4 +1,5 @@
-"""Process-group set-up: the one place that calls ``fleet.init``, and the collectives handed to dynabert/.
+"""Process-group set-up: the one place that creates process groups (``fleet.init`` on GPUs, the global
+gloo group alone on CPUs), and the collectives handed to dynabert/.
 
 Gradient averaging is one fused all-reduce per optimizer step: every width's backward accumulates into
 the local gradients, then all gradients are flattened into one buffer, summed across ranks and divided
@@ -34,15 +35,23 @@ def world_size_from_env() -> int:
 
 
 def init_collectives() -> Collectives:
-    """Single process: no process group at all. Under paddle.distributed.launch: fleet (NCCL on GPUs,
-    gloo on CPU, as the launcher configured), then Paddle's collectives."""
-    if not paddle.is_compiled_with_cuda() or os.environ.get("PADDLE_DISTRI_BACKEND") == "gloo":
+    """Single process: no process group at all. Under paddle.distributed.launch: fleet on GPUs (NCCL),
+    the global process group alone on CPU (gloo, defect 12), then Paddle's collectives."""
+    gloo = not paddle.is_compiled_with_cuda() or os.environ.get("PADDLE_DISTRI_BACKEND") == "gloo"
+    if gloo:
         paddle.set_device("cpu")  # --device cpu on a GPU build: the launcher alone cannot force it
     if world_size_from_env() <= 1:
         return SingleProcess()
-    from paddle.distributed import fleet
+    if gloo:
+        # Defect 12 (docs/upstream-defects.md): every gloo process group after the first rendezvouses on
+        # the first one's store keys, so a rank can read its peer's stale address and both wait 150 s,
+        # then fail. fleet.init always adds a second group (its data-parallel group), which data
+        # parallelism does not need: every collective here runs on the global group.
+        dist.init_parallel_env()
+    else:
+        from paddle.distributed import fleet
 
-    fleet.init(is_collective=True)
+        fleet.init(is_collective=True)
     return PaddleCollectives()
 
 

@@ -65,3 +65,15 @@ def glue_dir():
             pytest.fail(message + "; CI needs the real data (see .ci/run)", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def job_report(output: str, log_dir: str, lines: int = 30) -> str:
+    """A failed launched job, for the assertion message: the end of its own output and of every worker
+    log (a failure in one rank often shows only in another rank's log)."""
+    parts = [output[-3000:]]
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        if name.startswith("workerlog."):
+            with open(os.path.join(log_dir, name), errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+            parts.append(f"--- {name} (last {len(tail)} lines) ---\n" + "\n".join(tail))
+    return "\n".join(parts)

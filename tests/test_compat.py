@@ -385,3 +385,51 @@ def test_layer_norm_input_gradient_with_frozen_parameters_is_still_wrong():
     expected = inv * (gy - gy.mean(-1, keepdims=True) - (xn - mu) * inv ** 2 * (gy * (xn - mu)).mean(-1, keepdims=True))
     np.testing.assert_allclose(input_grad(False), expected, atol=1e-4)  # trainable: correct
     assert np.abs(input_grad(True) - expected).max() > 1e-2, compat.LAYER_NORM_FROZEN_GRAD  # frozen: wrong
+
+
+# --------------------------------------------------------------------------------------------------
+# defect 12: gloo process groups share their rendezvous keys
+# --------------------------------------------------------------------------------------------------
+
+_GLOO_KEYS = """
+    import json, sys, threading
+    import dynabert, paddle
+    from launcher.fleet_setup import init_collectives
+    from paddle.distributed import collective
+
+    comms = init_collectives()
+    store = paddle.base.core.create_or_get_global_tcp_store()
+
+    def present(key):  # the store's get waits for a missing key: bound that wait (only a failure waits)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(store.get(key)), daemon=True)
+        reader.start()
+        reader.join(60)
+        return bool(got)
+
+    report = {"groups": sorted(list(g.ranks) for g in collective._get_group_map().values() if g.nranks > 1),
+              "unprefixed": [present(k) for k in ("0", "1")], "prefixed": [present(k) for k in ("0/0", "0/1")]}
+    comms.shutdown()
+    json.dump(report, open(f"{sys.argv[1]}/rank{comms.rank}.json", "w"))
+"""
+
+
+@pytest.mark.dist
+def test_gloo_process_group_rendezvous_is_not_namespaced_by_group(tmp_path):
+    """Defect 12: Paddle 2.6.2's ProcessGroupGloo connects its pairs through the job's store under the
+    keys "0", "1", ... whatever the group (its GlooCommContext uses "<gid>/0", ...), so a second group
+    can read the first one's addresses. init_collectives therefore creates the global group alone on
+    gloo. This fails when the keys get a group prefix upstream (then fleet.init can come back on CPUs)."""
+    script = tmp_path / "gloo_keys.py"
+    script.write_text(textwrap.dedent(_GLOO_KEYS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PADDLE_DISTRI_BACKEND="gloo")
+    done = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                           "--log_dir", str(tmp_path / "logs"), str(script), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout[-2000:], (tmp_path / "logs" / "workerlog.0").read_text()[-2000:])
+    for rank in (0, 1):
+        report = json.load(open(tmp_path / f"rank{rank}.json"))
+        assert report["groups"] == [[0, 1]]  # the workaround: one gloo group
+        assert report["prefixed"] == [True, True]  # the communication context's keys, per group
+        assert report["unprefixed"] == [True, True]  # the defect: the process group's own, shared

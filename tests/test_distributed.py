@@ -66,6 +66,13 @@ def test_importance_broadcast_makes_ranks_bit_identical(runs):
     assert r0["after_broadcast"] == runs["one"][1][0]["after_broadcast"]
 
 
+def test_a_gloo_job_creates_the_global_process_group_only(runs):
+    """Defect 12: a second gloo group could rendezvous on the first one's stale addresses (fleet.init's
+    data-parallel group did, and both ranks failed after 150 s). Every collective runs on the global group."""
+    for r in runs["two"][1]:
+        assert r["process_groups"] == [[0, 1]]
+
+
 def test_ranks_stay_bit_identical_after_training(runs):
     r0, r1 = runs["two"][1]
     assert r0["steps"] == r1["steps"] == STEPS

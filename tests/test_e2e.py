@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_report
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ def demo_run(glue_dir, tmp_path_factory):
     cmd = [sys.executable, "-m", "launcher", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
            "--nproc_per_node", "2", "--set", f"run.out_dir={out}", "--set", "run.progress=false"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, job_report(done.stdout + done.stderr, os.path.join(out, "logs"))
     results = json.load(open(os.path.join(out, "results.json")))
     # Shown with `pytest -s` and kept in the run directory: the figures the issue asks to report.
     print(json.dumps({"teacher": results["teacher"], "seconds": results["seconds"],

@@ -12,7 +12,7 @@ import pytest
 
 from dynabert.checkpoint import MANIFEST, Checkpointer, Position, latest_checkpoint, list_checkpoints, verify
 from dynabert.errors import UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_report
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 STEPS = 24
@@ -97,7 +97,7 @@ def _launch_two(model_dir, teacher, out, *extra, env=None):
 def uninterrupted_two(tiny_model_dir, teacher, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("straight2"))
     straight = _launch_two(tiny_model_dir, teacher, out)
-    assert straight.returncode == 0, straight.stdout[-3000:]
+    assert straight.returncode == 0, job_report(straight.stdout, os.path.join(out, "logs"))
     return _final(out)
 
 
@@ -108,7 +108,7 @@ def test_two_processes_killed_worker_restarts_and_matches(tiny_model_dir, teache
     uninterrupted 2-process run. The kill is at a chosen step, so it never races the end of the run."""
     out = str(tmp_path / "restarted")
     restarted = _launch_two(tiny_model_dir, teacher, out, "--max_restarts", "1", env=_fault(tmp_path, 1))
-    assert restarted.returncode == 0, restarted.stdout[-3000:]
+    assert restarted.returncode == 0, job_report(restarted.stdout, os.path.join(out, "logs"))
     assert "restart 1/1 after rank 1 failed" in restarted.stdout
     assert (tmp_path / "fault_fired").read_text().startswith("rank 1 killed itself at step 13")
     _assert_same(uninterrupted_two, _final(out))
@@ -124,7 +124,7 @@ def test_checkpoint_written_longer_than_a_collective_timeout_while_ranks_train_o
     out = str(tmp_path / "slow")
     slow = _launch_two(tiny_model_dir, teacher, out, "--set", "run.keep_checkpoints=5",
                        env={"DYNABERT_SLOW_CHECKPOINT": "step=6,until=12,seconds=35"})
-    assert slow.returncode == 0, slow.stdout[-3000:]
+    assert slow.returncode == 0, job_report(slow.stdout, os.path.join(out, "logs"))
     assert slow.stdout.count("[fault injection] checkpoint of step 6 held open until step 12, then 35 s") == 1, \
         slow.stdout[-3000:]
     root = os.path.join(out, "checkpoints", "compress")

@@ -29,7 +29,7 @@ from dynabert.task_data import metrics_on  # noqa: E402
 from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
 from dynabert.trainer import LoopSettings, losses_to_floats, train  # noqa: E402
 from launcher.config import load_config  # noqa: E402
-from launcher.fleet_setup import init_collectives  # noqa: E402
+from launcher.fleet_setup import init_collectives, world_size_from_env  # noqa: E402
 
 
 def digest(params) -> str:
@@ -37,6 +37,15 @@ def digest(params) -> str:
     for p in params:
         h.update(p.numpy().tobytes())
     return h.hexdigest()
+
+
+def process_groups() -> list:
+    """The ranks of every process group of more than one process this process belongs to or created."""
+    if world_size_from_env() <= 1:
+        return []
+    from paddle.distributed import collective
+
+    return sorted(list(g.ranks) for g in collective._get_group_map().values() if g.nranks > 1)
 
 
 def main():
@@ -56,7 +65,7 @@ def main():
                 p.set_value(p.numpy() + 1.0)
     importance_and_reorder(teacher, data, cfg, comms, log)
     report = {"rank": comms.rank, "world_size": comms.world_size,
-              "after_broadcast": digest(teacher.parameters())}
+              "after_broadcast": digest(teacher.parameters()), "process_groups": process_groups()}
 
     supernet = Supernet(teacher, cfg.compress.widths)
     paddle.seed(cfg.run.seed + 1 + comms.rank)
