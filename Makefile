@@ -39,11 +39,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 # Everything, cheapest first, so that a broken import or a lint error fails in seconds, not after the
-# multi-process runs: lint, then the fast tier, then the tests that start processes or train MiniLM.
+# multi-process runs: lint, then the fast tier, then the tests that start processes or train MiniLM (the ten
+# slowest listed at the end: the suite must stay under 15 minutes on 2 cores).
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PYTEST) -m $(FAST) tests
-	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile tests
+	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile --durations=10 tests
 
 # In-process tests on a tiny random BERT (no subprocess, no multi-process, no MiniLM training): under a
 # minute on 2 cores.
@@ -53,7 +54,7 @@ test-fast: venv
 # The rest: tests marked dist (they start processes, including 2-process gloo runs), e2e (MiniLM on SST-2) or
 # slow (in-process but tens of seconds, e.g. tokenizer parity on every SST-2 training row).
 test-slow: venv
-	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile tests
+	$(PYTEST) -m $(SLOW) -n $(SLOW_WORKERS) --dist loadfile --durations=10 tests
 
 bench: venv
 	$(PY) -m benchmarks.run_all
