@@ -228,7 +228,7 @@ def report(ab: Sides, args, equivalence: dict) -> None:
         result = summarise(args, ab.workload, gathered, ab.comms.world_size)
         common.write_result(args.out, f"step_time_{args.tag}", result, markdown(result))
         print(markdown(result), flush=True)
-    ab.comms.barrier()
+    ab.comms.shutdown()  # barrier, then leave the group together (as launcher/worker.py does)
 
 
 def _row(phase, seconds, calls, nbytes, timing, batch):

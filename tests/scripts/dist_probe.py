@@ -110,6 +110,7 @@ def main():
              **{k: v.numpy() for k, v in supernet.state_dict().items()})
     with open(os.path.join(out_dir, f"report_rank{comms.rank}.json"), "w") as f:
         json.dump(report, f)
+    comms.shutdown()  # as launcher/worker.py does: leave the group together before the interpreter exits
 
 
 if __name__ == "__main__":
