@@ -171,8 +171,14 @@ def test_scale_model_is_labelled_and_recomputable(smoke):
         [(1, None)] + [(n, g) for n in (2, 4, 8) for g in (25, 100, 400)]
     assert res["measured_inputs"]["allreduces_per_step"]["project"] == 1
     assert res["measured_inputs"]["allreduces_per_step"]["reference"] == 4
+    # Which side is faster comes from compute times measured on a busy machine: not asserted here
+    # (benchmarks/ reports it). What the model must get right whatever the timings: each side's
+    # communication is its measured all-reduce count times one all-reduce.
     for r in rows:
-        assert r["reference_step_seconds"] > r["project_step_seconds"] > 0
+        assert r["reference_step_seconds"] > 0 and r["project_step_seconds"] > 0
+        for side, count in (("project", 1), ("reference", 4)):
+            comm = r[f"{side}_comm_share"] * r[f"{side}_step_seconds"]
+            assert comm == pytest.approx(count * r["allreduce_seconds"], rel=1e-9), (side, r)
 
 
 def test_scale_model_formula_by_hand():
