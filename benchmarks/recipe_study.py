@@ -39,7 +39,8 @@ from launcher.config import load_config  # noqa: E402
 NAME = "recipe_study"
 FULL_CONFIG = os.path.join("configs", "tutorial_recipe.yaml")
 SMOKE_CONFIG = os.path.join("configs", "tiny.yaml")
-DEFAULT_SETTINGS = "tutorial,dynabert_w,dynabert,mid,inplace,inplace_low,lr2x,epochs2,eval50,dynabert_optim"
+DEFAULT_SETTINGS = ("tutorial,dynabert_w,dynabert,mid,inplace,inplace_low,lr2x,epochs2,eval50,dynabert_optim,task,"
+                    "labels_only")
 SMOKE_SETTINGS = "tutorial,inplace"
 # Pinned in every run: the protocol users see, and the tutorial's recipe as the base every setting changes.
 PROTOCOL = {"data.select_on": "validation", "compress.select": "supernet"}
@@ -88,6 +89,12 @@ SETTINGS = {s.name: s for s in (
             lambda b: {"compress.optim.eval_every": 50}),
     Setting("dynabert_optim", "DynaBERT's optimizer: no warmup, no weight decay",
             lambda b: {"compress.optim.warmup_ratio": 0.0, "compress.optim.weight_decay": 0.0}),
+    # Without augmented data (this study has none) DynaBERT's width stage trains on the labels alone
+    # (run_glue.py:165-166); the tutorial never uses them. Both, and the labels added to the tutorial's terms:
+    Setting("task", "tutorial + every width's loss on the true labels, weighted as the teacher's logits",
+            lambda b: {"compress.lambda_task": b.compress.lambda_logit}),
+    Setting("labels_only", "DynaBERT's width stage without --data_aug: the true labels only, no distillation",
+            lambda b: {"compress.lambda_distill": 0.0, "compress.lambda_logit": 0.0, "compress.lambda_task": 1.0}),
 )}
 
 

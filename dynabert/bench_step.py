@@ -178,7 +178,8 @@ class CompressStep:
         with self.precision.autocast():
             return supernet_step(self.supernet, self.student_states, self.teacher, self.teacher_states, batch,
                                  self.supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit, self.regression,
-                                 self.precision.backward, phase=self.timer)
+                                 self.precision.backward, phase=self.timer, inplace_weight=ccfg.inplace_distill,
+                                 lambda_task=ccfg.lambda_task)
 
     def reduce(self):
         with self.timer(ALL_REDUCE):

@@ -80,6 +80,11 @@ class CompressConfig:
     # In-place distillation weight: widths below 1.0 also learn the full width's logits of the same batch
     # (slimmable networks' sandwich rule; no extra forward pass). 0 turns it off (the tutorial).
     inplace_distill: float = 0.0
+    # Weight of every width's loss on the true labels (cross-entropy; MSE for regression), added to the
+    # distillation terms. 0: distillation only (the tutorial; DynaBERT with its augmented data). The
+    # original DynaBERT width stage without --data_aug trains on the labels alone (run_glue.py:165-166):
+    # lambda_task 1 with both distillation weights 0.
+    lambda_task: float = 0.0
     # Use only the first N batches of the selection split for importance (None: all of it).
     importance_batches: Optional[int] = None
     # "supernet": keep the one training step with the best mean selection metric over all widths, and cut
@@ -206,6 +211,9 @@ def validate(cfg: "Config") -> None:
     _check_depths(cfg.compress.depths)
     _check(cfg.compress.lambda_distill >= 0, "compress.lambda_distill", "must be >= 0")
     _check(cfg.compress.lambda_logit >= 0, "compress.lambda_logit", "must be >= 0")
+    _check(cfg.compress.lambda_task >= 0, "compress.lambda_task", "must be >= 0")
+    _check(cfg.compress.lambda_distill + cfg.compress.lambda_logit + cfg.compress.lambda_task > 0,
+           "compress.lambda_task", "lambda_distill, lambda_logit and lambda_task are all 0: nothing would train")
     _check(cfg.compress.inplace_distill >= 0, "compress.inplace_distill", "must be >= 0")
     _check(cfg.compress.importance_batches is None or cfg.compress.importance_batches >= 1,
            "compress.importance_batches", "must be >= 1 or null")

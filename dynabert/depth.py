@@ -176,7 +176,7 @@ def loss_key(width: float, depth: float) -> str:
 def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher: Supernet,
                teacher_states: HiddenStates, batch: Dict[str, paddle.Tensor], *, widths: Sequence[float],
                depths: Sequence[float], lambda_distill: float, lambda_logit: float, regression: bool,
-               backward: Callable = _backward,
+               lambda_task: float = 0.0, backward: Callable = _backward,
                phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
     """Forward and backward of every (width, depth); gradients accumulate, the caller reduces and steps once.
 
@@ -203,7 +203,7 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                     terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
                                          attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
                                          lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                                         regression=regression)
+                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
                     backward(terms["loss"])
                     losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
     finally:

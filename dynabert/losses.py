@@ -37,12 +37,28 @@ def hidden_state_loss(student: Sequence[paddle.Tensor], teacher: Sequence[paddle
 def distill_loss(student_hidden: List[paddle.Tensor], teacher_hidden: List[paddle.Tensor],
                  student_logits: paddle.Tensor, teacher_logits: paddle.Tensor, *, attention_mask: paddle.Tensor,
                  lambda_distill: float, lambda_logit: float, regression: bool,
-                 token_share: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+                 token_share: Optional[paddle.Tensor] = None, labels: Optional[paddle.Tensor] = None,
+                 lambda_task: float = 0.0) -> Dict[str, paddle.Tensor]:
     """loss = lambda_distill * hidden MSE + lambda_logit * logit loss (soft CE; MSE for regression tasks,
-    where a softmax over one output is meaningless)."""
+    where a softmax over one output is meaningless) [+ lambda_task * the task loss on the true labels,
+    when lambda_task > 0: then the terms also hold "task"]."""
     rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask, token_share)
     logit = logit_loss(student_logits, teacher_logits, regression)
-    return {"rep": rep, "logit": logit, "loss": rep + lambda_logit * logit}
+    terms = {"rep": rep, "logit": logit, "loss": rep + lambda_logit * logit}
+    if lambda_task:
+        terms["task"] = task_loss(student_logits, labels, regression)
+        terms["loss"] = terms["loss"] + lambda_task * terms["task"]
+    return terms
+
+
+def task_loss(logits: paddle.Tensor, labels: paddle.Tensor, regression: bool) -> paddle.Tensor:
+    """The task's own loss on the true labels: cross-entropy; MSE for regression."""
+    if regression:  # in fp32: bf16 would round STS-B targets by up to ~0.016
+        return F.mse_loss(logits.astype("float32").reshape([-1]), labels.astype("float32").reshape([-1]))
+    # Not F.cross_entropy: Paddle 2.6's checks `count_nonzero(label == ignore_index) > 0` on the host at
+    # every call, a sync per step. The same mean negative log-likelihood, without it:
+    log_probs = F.log_softmax(logits.astype("float32"), axis=-1)
+    return -paddle.take_along_axis(log_probs, labels.reshape([-1, 1]).astype("int64"), axis=1).mean()
 
 
 def logit_loss(student_logits: paddle.Tensor, target_logits: paddle.Tensor, regression: bool) -> paddle.Tensor:

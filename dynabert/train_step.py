@@ -6,9 +6,8 @@ import contextlib
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
 import paddle
-import paddle.nn.functional as F
 
-from dynabert.losses import distill_loss, logit_loss
+from dynabert.losses import distill_loss, logit_loss, task_loss
 
 
 class HiddenStates:
@@ -54,15 +53,6 @@ def forward(model, batch: Dict[str, paddle.Tensor]) -> paddle.Tensor:
                  attention_mask=batch["attention_mask"])
 
 
-def task_loss(logits: paddle.Tensor, labels: paddle.Tensor, regression: bool) -> paddle.Tensor:
-    if regression:  # in fp32: bf16 would round STS-B targets by up to ~0.016
-        return F.mse_loss(logits.astype("float32").reshape([-1]), labels.astype("float32").reshape([-1]))
-    # Not F.cross_entropy: Paddle 2.6's checks `count_nonzero(label == ignore_index) > 0` on the host at
-    # every call, a sync per step. The same mean negative log-likelihood, without it:
-    log_probs = F.log_softmax(logits.astype("float32"), axis=-1)
-    return -paddle.take_along_axis(log_probs, labels.reshape([-1, 1]).astype("int64"), axis=1).mean()
-
-
 def _backward(loss: paddle.Tensor) -> None:
     loss.backward()
 
@@ -77,7 +67,7 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
                   batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
                   lambda_logit: float, regression: bool, backward: Callable = _backward, *,
                   phase: Optional[Callable[[str], ContextManager]] = None,
-                  inplace_weight: float = 0.0) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  inplace_weight: float = 0.0, lambda_task: float = 0.0) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
@@ -86,7 +76,7 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
 
     ``inplace_weight`` > 0 adds in-place distillation (slimmable networks' "sandwich rule"): every smaller
     width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
-    by it. The full width then runs first."""
+    by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels."""
     phase = phase or _no_phase
     with phase("teacher"), paddle.no_grad():
         teacher_logits = forward(teacher, batch)
@@ -99,7 +89,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
             logits = forward(supernet, batch)
             terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
                                  attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression)
+                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
+                                 labels=batch["labels"], lambda_task=lambda_task)
             if inplace_weight and full_logits is not None:
                 terms["inplace"] = logit_loss(logits, full_logits, regression)
                 terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]

@@ -84,6 +84,7 @@ def test_resolved_config_round_trips(tmp_path):
     ("data.padding=left", "data.padding: must be 'dynamic' or 'max_length'"),
     ("finetune.warmup_ratio=1.0", "finetune.warmup_ratio: must be in [0, 1)"),
     ("model.dropout=1.0", "model.dropout: must be in [0, 1)"),
+    ("compress.lambda_task=-1", "compress.lambda_task: must be >= 0"),
     ("oops", "--set oops: expected section.key=value"),
 ])
 def test_bad_values_name_the_dotted_key(override, needle):
@@ -91,6 +92,14 @@ def test_bad_values_name_the_dotted_key(override, needle):
         load_config(None, [override])
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_all_loss_weights_zero_is_refused():
+    """Nothing would train: every gradient would be zero."""
+    zero = ["compress.lambda_distill=0", "compress.lambda_logit=0", "compress.lambda_task=0"]
+    with pytest.raises(UserError, match="compress.lambda_task: lambda_distill, lambda_logit and lambda_task are all 0"):
+        load_config(None, zero)
+    assert load_config(None, zero[:2] + ["compress.lambda_task=1"]).compress.lambda_task == 1.0  # labels only
 
 
 def test_errors_name_the_file(tmp_path):

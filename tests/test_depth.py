@@ -106,10 +106,10 @@ class Pair:
         self.student_states = KeptHiddenStates(self.student.model)
         self.teacher_states = HiddenStates(self.teacher.model)
 
-    def step(self, batch, widths=WIDTHS, depths=DEPTHS, lambda_distill=1.0, lambda_logit=1.0):
+    def step(self, batch, widths=WIDTHS, depths=DEPTHS, lambda_distill=1.0, lambda_logit=1.0, lambda_task=0.0):
         return depth_step(self.student, self.student_states, self.teacher, self.teacher_states, tensors(batch),
                           widths=widths, depths=depths, lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                          regression=False)
+                          regression=False, lambda_task=lambda_task)
 
     def grads(self):
         return {n: (np.zeros(p.shape) if p.grad is None else p.grad.numpy().copy())
@@ -333,3 +333,16 @@ def test_hidden_states_refuse_a_mismatch(pairs):
     p = pairs()
     with pytest.raises(RuntimeError, match="expected the hidden states of the embeddings and 6 blocks, captured 0"):
         p.student_states.take()
+
+
+def test_task_term_reaches_every_width_and_depth(pairs):
+    """compress.lambda_task in the depth stage: with both distillation weights 0 only the labels train, and
+    the classifier (which no hidden-state term reaches) gets a gradient from every (width, depth)."""
+    p = pairs(seed=4)
+    losses = p.step(random_batch(), lambda_distill=0.0, lambda_logit=0.0, lambda_task=0.5)
+    for width in WIDTHS:
+        for depth in DEPTHS:
+            got = losses[f"{width}_d{depth}"]
+            assert float(got["task"]) > 0
+            np.testing.assert_allclose(float(got["loss"]), 0.5 * float(got["task"]), rtol=1e-6)
+    assert np.abs(p.grads()["classifier.fn.weight"]).max() > 1e-7

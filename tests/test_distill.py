@@ -172,6 +172,27 @@ def test_loss_terms_equal_hand_computation(setups, teacher, lambda_distill, lamb
         assert losses[w]["loss"].stop_gradient  # returned values are detached
 
 
+def test_task_term_is_the_cross_entropy_on_the_labels_weighted(setups, teacher):
+    """compress.lambda_task: every width also learns the true labels; off (no "task" term) by default."""
+    batch = random_batch(seed=6)
+    s = setups(seed=7)
+    student_w = model_weights(s.supernet.model)
+    assert "task" not in s.step(batch)[1.0]
+    losses = supernet_step(s.supernet, s.student_states, s.teacher, s.teacher_states, tensors(batch), WIDTHS,
+                           0.7, 2.5, False, lambda_task=0.3)
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    for w in WIDTHS:
+        logits = numpy_bert_forward(student_w, teacher.config, *args, heads_kept=round(w * 4),
+                                    ffn_kept=int(w * 64))["logits"]
+        z = logits - logits.max(-1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        ce = float(-log_probs[np.arange(len(batch["labels"])), batch["labels"]].mean())
+        np.testing.assert_allclose(float(losses[w]["task"]), ce, rtol=1e-4, err_msg=str(w))
+        np.testing.assert_allclose(float(losses[w]["loss"]),
+                                   float(losses[w]["rep"]) + 2.5 * float(losses[w]["logit"]) + 0.3 * ce,
+                                   rtol=1e-4, err_msg=str(w))
+
+
 def test_regression_logit_term_is_mse():
     teacher = tiny_bert(num_classes=1, seed=0)
     teacher.eval()

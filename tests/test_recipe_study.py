@@ -26,7 +26,8 @@ def _overrides(run) -> dict:
 
 
 def test_plan_pins_protocol_and_tutorial_weights_and_shares_one_teacher_per_seed(tmp_path):
-    args = _args(tmp_path, "--seeds", "1,2", "--settings", "tutorial,dynabert,inplace,lr2x,epochs2,mid")
+    args = _args(tmp_path, "--seeds", "1,2", "--settings",
+                 "tutorial,dynabert,inplace,lr2x,epochs2,mid,task,labels_only")
     base = load_config(args.config)
     plan = rs.build_plan(args, base)
     assert [(r.setting, r.seed) for r in plan][:6] == [("teacher", 1), ("tutorial", 1), ("dynabert", 1),
@@ -41,9 +42,10 @@ def test_plan_pins_protocol_and_tutorial_weights_and_shares_one_teacher_per_seed
             continue
         assert cfg.run.stages == ("compress", "export")
         assert cfg.model.teacher == os.path.join(str(tmp_path), "teachers", f"seed_{seed}", "teacher")
-        want = {"dynabert": (1.0, 1.0, 0.0), "inplace": (0.1, 0.1, 1.0), "mid": (0.1, 0.3, 0.0)}.get(
-            setting, (0.1, 0.1, 0.0))
-        assert (cfg.compress.lambda_distill, cfg.compress.lambda_logit, cfg.compress.inplace_distill) == want
+        want = {"dynabert": (1.0, 1.0, 0.0, 0.0), "inplace": (0.1, 0.1, 1.0, 0.0), "mid": (0.1, 0.3, 0.0, 0.0),
+                "task": (0.1, 0.1, 0.0, 0.1), "labels_only": (0.0, 0.0, 0.0, 1.0)}.get(setting, (0.1, 0.1, 0.0, 0.0))
+        c = cfg.compress
+        assert (c.lambda_distill, c.lambda_logit, c.inplace_distill, c.lambda_task) == want
         lr_factor, epoch_factor = {"lr2x": (2, 1), "epochs2": (1, 2)}.get(setting, (1, 1))
         assert cfg.compress.optim.learning_rate == pytest.approx(lr_factor * base.compress.optim.learning_rate)
         assert cfg.compress.optim.epochs == epoch_factor * base.compress.optim.epochs
@@ -66,7 +68,8 @@ def test_tutorial_recipe_config_is_the_demo_budget_with_the_tutorial_weights():
                 lambda c: c.data.train_limit, lambda c: c.data.validation_rows, lambda c: c.finetune,
                 lambda c: c.compress.widths, lambda c: c.compress.optim.batch_size):
         assert get(tut) == get(demo)
-    assert (tut.compress.lambda_distill, tut.compress.lambda_logit, tut.compress.inplace_distill) == (0.1, 0.1, 0.0)
+    c = tut.compress
+    assert (c.lambda_distill, c.lambda_logit, c.inplace_distill, c.lambda_task) == (0.1, 0.1, 0.0, 0.0)
     assert (tut.data.select_on, tut.compress.select) == ("validation", "supernet")
 
 

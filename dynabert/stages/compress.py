@@ -138,7 +138,7 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     def step_fn(batch):
         return supernet_step(supernet, student_states, teacher, teacher_states, batch, supernet.widths,
                              ccfg.lambda_distill, ccfg.lambda_logit, data.regression, precision.backward,
-                             inplace_weight=ccfg.inplace_distill)
+                             inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task)
 
     batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="compress.optim.batch_size",

@@ -149,7 +149,7 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     def step_fn(batch):
         return depth_step(student, student_states, teacher, teacher_states, batch, widths=student.widths,
                           depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
-                          regression=data.regression, backward=precision.backward)
+                          regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward)
 
     batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
