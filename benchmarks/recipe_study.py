@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -341,6 +341,10 @@ def markdown(result: dict) -> str:
             for r in result["runs"]]
     lines += ["", "Runs:", "", common.md_table(["setting", "seed", "steps", "kept step", "teacher"]
                                                + [f"w{w}" for w in widths] + ["compress s"], runs)]
+    earlier = sorted({r["from"] for r in result["runs"] if r.get("from")})
+    if earlier:
+        lines += ["", f"Runs taken from --previous ({', '.join(earlier)}): "
+                  + ", ".join(f"{r['setting']} seed {r['seed']}" for r in result["runs"] if r.get("from"))]
     if result["missing"]:
         lines += ["", "Not run yet: " + ", ".join(f"{m['setting']} seed {m['seed']}" for m in result["missing"])]
     return "\n".join(lines)
@@ -364,6 +368,8 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", default=None, help="where recipe_study.json/.md go (default benchmarks/results; "
                    "--smoke: --out)")
     p.add_argument("--report-only", action="store_true", help="launch nothing: tables from the finished runs")
+    p.add_argument("--previous", default=None, metavar="JSON", help="an earlier recipe_study.json (same config and "
+                   "settings): its runs count as finished here, so a study can span machines whose --out is gone")
     p.add_argument("--keep-models", action="store_true", help="keep each finished run's models (~1 GB per run)")
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands as JSON and exit")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run before it is ended")
@@ -441,8 +447,13 @@ def study(args) -> dict:
     env = clean_env(os.environ)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update({var: str(max(1, common.available_cpus() // args.nproc)) for var in common.THREAD_VARS})
+    previous = load_previous(args.previous, args, base) if args.previous else {}
     start, records = time.perf_counter(), []
     for i, run in enumerate(plan, 1):
+        if run_from_previous(run, plan, previous):
+            if run.setting != "teacher":
+                records.append(previous[(run.setting, run.seed)])
+            continue
         if not args.report_only and not is_done(run):
             print(f"[{i}/{len(plan)}] {run.label}: running ({run.out_dir})", flush=True)
             print(f"[{i}/{len(plan)}] {run.label}: done in {launch(run, args, env):.0f} s", flush=True)
@@ -455,8 +466,51 @@ def study(args) -> dict:
     return write(args, base, records, plan, env, time.perf_counter() - start)
 
 
+def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
+    """--previous: the runs of an earlier study's JSON, keyed by (setting, seed). --out is scratch (models, logs)
+    and may be gone on the next machine; the committed JSON is what lasts. Its runs stand in only if they were
+    made with the same config, budget and, per setting, the same changes; anything else is a one-line error."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        made = (old["smoke"], old["config"], old["base"])
+        runs, changes = old["runs"], {n: s["changes"] for n, s in old["aggregate"]["settings"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--previous {path}: not a recipe_study.json ({e})") from None
+    here = (args.smoke, os.path.relpath(args.config, common.ROOT), json.loads(json.dumps(base_summary(args, base))))
+    if made != here:
+        raise UserError(f"--previous {path}: made with config {made[1]} {made[2]}, not {here[1]} {here[2]}")
+    out = {}
+    for r in runs:
+        name = r["setting"]
+        if name not in args.catalog:
+            continue
+        now = json.loads(json.dumps({**TUTORIAL, **args.catalog[name].changes(base)}))
+        if changes.get(name) != now:
+            raise UserError(f"--previous {path}: setting {name} changed {changes.get(name)}, here {now}")
+        out[(name, r["seed"])] = {**r, "from": path}
+    return out
+
+
+def run_from_previous(run: Run, plan: List[Run], previous: Dict[Tuple[str, int], dict]) -> bool:
+    """A run of --out wins; otherwise --previous's. A seed's teacher is needed while any of its runs is not
+    covered by --previous."""
+    if is_done(run):
+        return False
+    if run.setting != "teacher":
+        return (run.setting, run.seed) in previous
+    return all((r.setting, r.seed) in previous or is_done(r) for r in plan if r.seed == run.seed and r is not run)
+
+
+def base_summary(args, base) -> dict:
+    optim = base.compress.optim
+    return {"model": os.path.basename(args.model) if args.model else base.model.name_or_path,
+            "task": base.data.task, "train_rows": base.data.train_limit, "max_seq_len": base.data.max_seq_len,
+            "batch_size": optim.batch_size, "epochs": optim.epochs, "learning_rate": optim.learning_rate}
+
+
 def write(args, base, records: List[dict], plan: List[Run], env: Dict[str, str], seconds: float) -> dict:
-    done, optim = {(r["setting"], r["seed"]) for r in records}, base.compress.optim
+    done = {(r["setting"], r["seed"]) for r in records}
     machine = {**common.machine_info("cpu"), "threads": {v: env.get(v) for v in common.THREAD_VARS}}
     result = {
         "name": NAME, "smoke": args.smoke, "config": os.path.relpath(args.config, common.ROOT),
@@ -464,9 +518,7 @@ def write(args, base, records: List[dict], plan: List[Run], env: Dict[str, str],
         "protocol": "importance and checkpoint selection on a held-out validation split of training rows "
                     "(data.select_on=validation), every width cut from one supernet (compress.select=supernet); "
                     "dev read once per reported model",
-        "base": {"model": os.path.basename(args.model) if args.model else base.model.name_or_path,
-                 "task": base.data.task, "train_rows": base.data.train_limit, "max_seq_len": base.data.max_seq_len,
-                 "batch_size": optim.batch_size, "epochs": optim.epochs, "learning_rate": optim.learning_rate},
+        "base": base_summary(args, base),
         "teacher_source": (f"--teacher {args.teacher}, for every seed" if args.teacher else
                            "fine-tuned once per seed (same seed, same validation split), shared by its settings"),
         "nproc_per_node": args.nproc, "threads_per_process": int(env["OMP_NUM_THREADS"]),

@@ -155,6 +155,54 @@ def test_statistics_per_setting_and_width_match_numpy_over_the_runs_files(tmp_pa
     assert agg["teacher"]["same_in_every_run_of_a_seed"] is True
 
 
+def _report(out, *extra) -> dict:
+    assert rs.main(["--out", str(out), "--report-only", "--results-dir", str(out), *extra]) == 0
+    with open(os.path.join(str(out), "recipe_study.json")) as f:
+        return json.load(f)
+
+
+def test_previous_json_stands_in_for_its_runs_and_only_for_the_same_study(tmp_path, capsys):
+    """A study spans machines: --out is scratch, the committed JSON is what lasts."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    rng = np.random.RandomState(2)
+    first_args = _args(first, "--settings", "tutorial,lr2x", "--seeds", "1,2")
+    plan = rs.build_plan(first_args, load_config(first_args.config))
+    for run in plan:
+        if run.setting != "teacher" and (run.setting, run.seed) != ("lr2x", 2):
+            _fake_run(run, rng, {1: 0.83, 2: 0.84}[run.seed])
+    earlier = _report(first, "--settings", "tutorial,lr2x", "--seeds", "1,2")
+    previous = str(first / "recipe_study.json")
+
+    args = _args(second, "--settings", "tutorial,lr2x", "--seeds", "1,2,3", "--previous", previous)
+    base = load_config(args.config)
+    plan = rs.build_plan(args, base)
+    got = rs.load_previous(previous, args, base)
+    assert sorted(got) == [("lr2x", 1), ("tutorial", 1), ("tutorial", 2)]
+    to_launch = [(r.setting, r.seed) for r in plan if not rs.run_from_previous(r, plan, got)]
+    assert to_launch == [("teacher", 2), ("lr2x", 2), ("teacher", 3), ("tutorial", 3), ("lr2x", 3)]
+    _fake_run(next(r for r in plan if (r.setting, r.seed) == ("tutorial", 3)), rng, 0.85)
+    merged = _report(second, "--settings", "tutorial,lr2x", "--seeds", "1,2,3", "--previous", previous)
+    by_run = {(r["setting"], r["seed"]): r for r in merged["runs"]}
+    assert sorted(by_run) == [("lr2x", 1), ("tutorial", 1), ("tutorial", 2), ("tutorial", 3)]
+    for r in earlier["runs"]:
+        assert by_run[(r["setting"], r["seed"])]["widths"] == r["widths"]
+    assert merged["aggregate"]["settings"]["tutorial"]["seeds"] == [1, 2, 3]
+    assert {(m["setting"], m["seed"]) for m in merged["missing"]} == {("lr2x", 2), ("lr2x", 3)}
+
+    # Another budget, or a setting whose meaning changed since: refused with the file's name.
+    other = _args(second, "--settings", "tutorial", "--previous", previous,
+                  "--config", os.path.join(ROOT, "configs", "tutorial_recipe_teacher3.yaml"))
+    with pytest.raises(UserError, match="--previous .*made with config"):
+        rs.load_previous(previous, other, load_config(other.config))
+    redefined = _args(second, "--settings", "tutorial", "--previous", previous,
+                      "--define", "x=compress.lambda_logit=1.0")
+    redefined.catalog["lr2x"] = rs.Setting("lr2x", "changed", lambda b: {"compress.optim.learning_rate": 1.0})
+    with pytest.raises(UserError, match="setting lr2x changed"):
+        rs.load_previous(previous, redefined, base)
+    assert rs.main(["--out", str(second), "--report-only", "--previous", str(tmp_path / "none.json")]) == 2
+    assert "--previous" in capsys.readouterr().err
+
+
 def test_a_run_on_other_data_or_protocol_is_refused(tmp_path):
     args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
     run = rs.build_plan(args, load_config(args.config))[1]
