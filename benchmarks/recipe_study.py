@@ -297,6 +297,24 @@ def aggregate(records: List[dict], settings: List[Setting], base) -> dict:
             entry["targets"][str(width)] = {"bar": bar, "mean_delta": delta and delta["mean"],
                                             "met": bool(delta and delta["mean"] >= bar)}
         out["settings"][s.name] = entry
+    out["paired"] = paired(records, [s.name for s in settings])
+    return out
+
+
+def paired(records: List[dict], names: List[str], baseline: str = "tutorial") -> dict:
+    """Per setting and width, the setting minus the baseline on the same seed (the same teacher, validation
+    split and data order): most of the spread over seeds is the teachers', and it cancels here."""
+    runs = {(r["setting"], r["seed"]): r["widths"] for r in records}
+    out = {}
+    for name in names:
+        seeds = sorted(seed for (n, seed) in runs if n == name and (baseline, seed) in runs)
+        if name == baseline or not seeds:
+            continue
+        widths = sorted({w for seed in seeds for w in runs[(name, seed)]}, key=float, reverse=True)
+        out[name] = {"baseline": baseline, "seeds": seeds,
+                     "widths": {w: summarize([runs[(name, s)][w] - runs[(baseline, s)][w] for s in seeds
+                                              if w in runs[(name, s)] and w in runs[(baseline, s)]])
+                                for w in widths}}
     return out
 
 
@@ -329,6 +347,12 @@ def markdown(result: dict) -> str:
             + ["yes" if s["targets"][str(w)]["met"] else "no" for w in TARGETS] for name, s in agg["settings"].items()]
     lines += [common.md_table(["setting", "seeds"] + [f"Δ w{w}" for w in widths] + [f"target w{w}" for w in TARGETS],
                               rows), ""]
+    if agg.get("paired"):
+        lines += ["Paired with `tutorial` on the same seed (same teacher): the setting's dev "
+                  f"{metric} minus the tutorial's, mean ± sample std over the seeds both have:", ""]
+        lines += [common.md_table(["setting", "seeds"] + [f"w{w}" for w in widths],
+                                  [[name, len(p["seeds"])] + [_cell(p["widths"].get(w), signed=True) for w in widths]
+                                   for name, p in agg["paired"].items()]), ""]
     long_rows = [[name, w, c["metric"]["n"], _f(c["metric"]["mean"]), _f(c["metric"]["std"]), _f(c["metric"]["min"]),
                   _f(c["metric"]["max"]), _f(c["delta"]["mean"], True), _f(c["delta"]["std"]),
                   _f(c["delta"]["min"], True), _f(c["delta"]["max"], True)]

@@ -149,6 +149,12 @@ def test_statistics_per_setting_and_width_match_numpy_over_the_runs_files(tmp_pa
                 assert (got["min"], got["max"]) == (pytest.approx(values.min()), pytest.approx(values.max()))
         for w, bar in rs.TARGETS.items():
             assert entry["targets"][str(w)]["met"] == bool(_expected(tmp_path, setting, seeds)[str(w)][1].mean() >= bar)
+    lr2x, tutorial = _expected(tmp_path, "lr2x", (1, 2)), _expected(tmp_path, "tutorial", (1, 2))
+    assert agg["paired"]["lr2x"]["seeds"] == [1, 2] and "tutorial" not in agg["paired"]
+    for w in lr2x:
+        diff = lr2x[w][0] - tutorial[w][0]
+        got = agg["paired"]["lr2x"]["widths"][w]
+        assert (got["mean"], got["std"]) == (pytest.approx(diff.mean(), abs=1e-12), pytest.approx(diff.std(ddof=1)))
     t = agg["teacher"]["summary"]
     assert t["mean"] == pytest.approx(np.mean(list(teachers.values())))
     assert t["std"] == pytest.approx(np.std(list(teachers.values()), ddof=1))
