@@ -19,6 +19,7 @@ from dynabert.data import Feature, collate, encode, load_split
 WIDTHS = (1.0, 0.75, 0.5, 0.25)   # the tutorial's width_mult_list, largest first
 LAMBDA_DISTILL = 0.1              # DistillConfig(lambda_distill=0.1) in the tutorial
 LAMBDA_LOGIT = 0.1                # lambda_logit = 0.1 in the tutorial (and the project's default)
+LAMBDA_TASK = 0.0                 # the tutorial has no loss on the labels (the project's default adds it at 0.1)
 SEED = 0
 SMOKE_VOCAB = 64
 
@@ -117,9 +118,10 @@ def unpadded_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
 
 
 def bench_config(global_batch: int, learning_rate: float = 5e-5) -> Config:
-    """The project's config for this workload: the tutorial's widths and loss weights, the trainer's
+    """The project's config for this workload: the tutorial's widths and loss weights (no label term), the trainer's
     default optimizer settings (AdamW, warm-up 0.1, weight decay 0.01, clipping at 1.0)."""
     return Config(compress=CompressConfig(widths=WIDTHS, lambda_distill=LAMBDA_DISTILL, lambda_logit=LAMBDA_LOGIT,
+                                          lambda_task=LAMBDA_TASK,
                                           optim=OptimConfig(batch_size=global_batch, learning_rate=learning_rate)),
                   run=RunConfig(seed=SEED))
 
