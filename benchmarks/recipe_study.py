@@ -504,6 +504,7 @@ def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
     here = (args.smoke, os.path.relpath(args.config, common.ROOT), json.loads(json.dumps(base_summary(args, base))))
     if made != here:
         raise UserError(f"--previous {path}: made with config {made[1]} {made[2]}, not {here[1]} {here[2]}")
+    written_at = (old.get("machine") or {}).get("git_commit") or "unknown"
     out = {}
     for r in runs:
         name = r["setting"]
@@ -512,7 +513,7 @@ def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
         now = json.loads(json.dumps({**TUTORIAL, **args.catalog[name].changes(base)}))
         if changes.get(name) != now:
             raise UserError(f"--previous {path}: setting {name} changed {changes.get(name)}, here {now}")
-        out[(name, r["seed"])] = {**r, "from": path}
+        out[(name, r["seed"])] = {**r, "from": f"{path}, written at commit {written_at}"}
     return out
 
 
