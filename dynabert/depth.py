@@ -25,7 +25,7 @@ from typing import Callable, ContextManager, Dict, Iterable, List, Optional, Seq
 import paddle
 
 from dynabert.errors import UserError
-from dynabert.losses import distill_loss
+from dynabert.losses import distill_loss, task_loss
 from dynabert.supernet import Supernet
 from dynabert.train_step import HiddenStates, forward
 
@@ -184,26 +184,35 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
     The original loops depth then width (run_glue.py L130-145) and runs its teacher per width too
     (L121-127), but never sets the teacher's width_mult, so its teacher is always the full-width model;
     we follow the intent (``hidden_max_all[width_idx]``: the teacher at the student's width). Width is the
-    outer loop here so only one teacher output is alive at a time; the accumulated sum is the same."""
+    outer loop here so only one teacher output is alive at a time; the accumulated sum is the same.
+    With both distillation weights 0 the teacher does not run (only the labels train)."""
     phase = phase or (lambda name: _NULL_CONTEXT)
+    distilling = bool(lambda_distill or lambda_logit)
     layers = student.shape["layers"]
     losses = {}
     try:
         for width in widths:
-            with phase(f"teacher {width}"), paddle.no_grad():
-                teacher.set_width(width)
-                teacher_logits = forward(teacher, batch)
-                teacher_hidden = teacher_states.take()
+            if distilling:
+                with phase(f"teacher {width}"), paddle.no_grad():
+                    teacher.set_width(width)
+                    teacher_logits = forward(teacher, batch)
+                    teacher_hidden = teacher_states.take()
             student.set_width(width)
             for depth in depths:
                 with phase(f"width {width} depth {depth}"):
                     student.set_depth(depth)
                     logits = forward(student, batch)
-                    paired = [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
-                    terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
-                                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                         lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
+                    student_hidden = student_states.take()
+                    if distilling:
+                        paired = [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
+                        terms = distill_loss(student_hidden, paired, logits, teacher_logits,
+                                             attention_mask=batch["attention_mask"],
+                                             token_share=batch.get("token_share"), lambda_distill=lambda_distill,
+                                             lambda_logit=lambda_logit, regression=regression,
+                                             labels=batch["labels"], lambda_task=lambda_task)
+                    else:
+                        task = task_loss(logits, batch["labels"], regression)
+                        terms = {"task": task, "loss": lambda_task * task}
                     backward(terms["loss"])
                     losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
     finally:

@@ -76,21 +76,29 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
 
     ``inplace_weight`` > 0 adds in-place distillation (slimmable networks' "sandwich rule"): every smaller
     width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
-    by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels."""
+    by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels.
+    With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run."""
     phase = phase or _no_phase
-    with phase("teacher"), paddle.no_grad():
-        teacher_logits = forward(teacher, batch)
-        teacher_hidden = teacher_states.take()
+    distilling = bool(lambda_distill or lambda_logit)
+    if distilling:
+        with phase("teacher"), paddle.no_grad():
+            teacher_logits = forward(teacher, batch)
+            teacher_hidden = teacher_states.take()
     losses = {}
     full_logits = None
     for width in (sorted(widths, reverse=True) if inplace_weight else widths):
         with phase(f"width {width}"):
             supernet.set_width(width)
             logits = forward(supernet, batch)
-            terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
-                                 attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
-                                 labels=batch["labels"], lambda_task=lambda_task)
+            student_hidden = student_states.take()
+            if distilling:
+                terms = distill_loss(student_hidden, teacher_hidden, logits, teacher_logits,
+                                     attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                     lambda_distill=lambda_distill, lambda_logit=lambda_logit,
+                                     regression=regression, labels=batch["labels"], lambda_task=lambda_task)
+            else:
+                task = task_loss(logits, batch["labels"], regression)
+                terms = {"task": task, "loss": lambda_task * task}
             if inplace_weight and full_logits is not None:
                 terms["inplace"] = logit_loss(logits, full_logits, regression)
                 terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]

@@ -336,10 +336,18 @@ def test_hidden_states_refuse_a_mismatch(pairs):
 
 
 def test_task_term_reaches_every_width_and_depth(pairs):
-    """compress.lambda_task in the depth stage: with both distillation weights 0 only the labels train, and
-    the classifier (which no hidden-state term reaches) gets a gradient from every (width, depth)."""
+    """compress.lambda_task in the depth stage: with both distillation weights 0 only the labels train (and
+    the teacher does not run), and the classifier (which no hidden-state term reaches) gets a gradient from
+    every (width, depth)."""
     p = pairs(seed=4)
-    losses = p.step(random_batch(), lambda_distill=0.0, lambda_logit=0.0, lambda_task=0.5)
+    calls = []
+    # on .bert: OFA calls model.forward, which skips the model's own hooks
+    hook = p.teacher.model.bert.register_forward_post_hook(lambda layer, inputs, output: calls.append(1))
+    try:
+        losses = p.step(random_batch(), lambda_distill=0.0, lambda_logit=0.0, lambda_task=0.5)
+    finally:
+        hook.remove()
+    assert calls == []
     for width in WIDTHS:
         for depth in DEPTHS:
             got = losses[f"{width}_d{depth}"]

@@ -129,6 +129,32 @@ def test_teacher_runs_once_per_step(setups, teacher):
             h.remove()
 
 
+def test_labels_only_runs_no_teacher_and_trains_each_width_on_the_labels(setups, teacher):
+    """Both distillation weights 0 (DynaBERT's width stage without augmented data): the teacher's forward
+    would be wasted, so it does not run; the loss is the weighted cross-entropy alone."""
+    batch = random_batch(seed=8)
+    s = setups(seed=9)
+    student_w = model_weights(s.supernet.model)
+    calls = []
+    hook = teacher.register_forward_post_hook(lambda layer, inputs, output: calls.append(1))
+    try:
+        losses = supernet_step(s.supernet, s.student_states, s.teacher, s.teacher_states, tensors(batch), WIDTHS,
+                               0.0, 0.0, False, lambda_task=0.6)
+    finally:
+        hook.remove()
+    assert calls == []
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    for w in WIDTHS:
+        logits = numpy_bert_forward(student_w, teacher.config, *args, heads_kept=round(w * 4),
+                                    ffn_kept=int(w * 64))["logits"]
+        z = logits - logits.max(-1, keepdims=True)
+        ce = float(-(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(len(batch["labels"])),
+                                                                     batch["labels"]].mean())
+        assert sorted(losses[w]) == ["loss", "task"]
+        np.testing.assert_allclose(float(losses[w]["loss"]), 0.6 * ce, rtol=1e-4, err_msg=str(w))
+    s.step(random_batch(seed=10))  # the student's hidden-state tap was emptied: distillation still works after
+
+
 def test_gradients_of_all_widths_accumulate(setups):
     batch = random_batch()
     both, full, half = setups(seed=3), setups(seed=3), setups(seed=3)
