@@ -513,7 +513,8 @@ def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
         now = json.loads(json.dumps({**TUTORIAL, **args.catalog[name].changes(base)}))
         if changes.get(name) != now:
             raise UserError(f"--previous {path}: setting {name} changed {changes.get(name)}, here {now}")
-        out[(name, r["seed"])] = {**r, "from": f"{path}, written at commit {written_at}"}
+        # a run carried over twice keeps the first file and commit it came from
+        out[(name, r["seed"])] = {**r, "from": r.get("from") or f"{path}, written at commit {written_at}"}
     return out
 
 
