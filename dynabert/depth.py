@@ -25,7 +25,7 @@ from typing import Callable, ContextManager, Dict, Iterable, List, Optional, Seq
 import paddle
 
 from dynabert.errors import UserError
-from dynabert.losses import distill_loss, task_loss
+from dynabert.losses import distill_loss
 from dynabert.supernet import Supernet
 from dynabert.train_step import HiddenStates, forward
 
@@ -188,6 +188,7 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
     With both distillation weights 0 the teacher does not run (only the labels train)."""
     phase = phase or (lambda name: _NULL_CONTEXT)
     distilling = bool(lambda_distill or lambda_logit)
+    teacher_logits = teacher_hidden = None
     layers = student.shape["layers"]
     losses = {}
     try:
@@ -202,17 +203,11 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                 with phase(f"width {width} depth {depth}"):
                     student.set_depth(depth)
                     logits = forward(student, batch)
-                    student_hidden = student_states.take()
-                    if distilling:
-                        paired = [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
-                        terms = distill_loss(student_hidden, paired, logits, teacher_logits,
-                                             attention_mask=batch["attention_mask"],
-                                             token_share=batch.get("token_share"), lambda_distill=lambda_distill,
-                                             lambda_logit=lambda_logit, regression=regression,
-                                             labels=batch["labels"], lambda_task=lambda_task)
-                    else:
-                        task = task_loss(logits, batch["labels"], regression)
-                        terms = {"task": task, "loss": lambda_task * task}
+                    paired = teacher_hidden and [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
+                    terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
+                                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                         lambda_distill=lambda_distill, lambda_logit=lambda_logit,
+                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
                     backward(terms["loss"])
                     losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
     finally:

@@ -41,7 +41,11 @@ def distill_loss(student_hidden: List[paddle.Tensor], teacher_hidden: List[paddl
                  lambda_task: float = 0.0) -> Dict[str, paddle.Tensor]:
     """loss = lambda_distill * hidden MSE + lambda_logit * logit loss (soft CE; MSE for regression tasks,
     where a softmax over one output is meaningless) [+ lambda_task * the task loss on the true labels,
-    when lambda_task > 0: then the terms also hold "task"]."""
+    when lambda_task > 0: then the terms also hold "task"]. With both distillation weights 0 only the labels
+    train and the teacher's outputs may be None (the steps then skip the teacher)."""
+    if not (lambda_distill or lambda_logit):
+        task = task_loss(student_logits, labels, regression)
+        return {"task": task, "loss": lambda_task * task}
     rep = lambda_distill * hidden_state_loss(student_hidden, teacher_hidden, attention_mask, token_share)
     logit = logit_loss(student_logits, teacher_logits, regression)
     terms = {"rep": rep, "logit": logit, "loss": rep + lambda_logit * logit}

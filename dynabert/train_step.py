@@ -79,8 +79,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels.
     With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run."""
     phase = phase or _no_phase
-    distilling = bool(lambda_distill or lambda_logit)
-    if distilling:
+    teacher_logits = teacher_hidden = None
+    if lambda_distill or lambda_logit:
         with phase("teacher"), paddle.no_grad():
             teacher_logits = forward(teacher, batch)
             teacher_hidden = teacher_states.take()
@@ -90,15 +90,10 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
         with phase(f"width {width}"):
             supernet.set_width(width)
             logits = forward(supernet, batch)
-            student_hidden = student_states.take()
-            if distilling:
-                terms = distill_loss(student_hidden, teacher_hidden, logits, teacher_logits,
-                                     attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                     lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                                     regression=regression, labels=batch["labels"], lambda_task=lambda_task)
-            else:
-                task = task_loss(logits, batch["labels"], regression)
-                terms = {"task": task, "loss": lambda_task * task}
+            terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
+                                 attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
+                                 labels=batch["labels"], lambda_task=lambda_task)
             if inplace_weight and full_logits is not None:
                 terms["inplace"] = logit_loss(logits, full_logits, regression)
                 terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]
