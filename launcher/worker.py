@@ -47,6 +47,9 @@ def main(argv=None) -> int:
         run(cfg, comms, config_text=dump_config(cfg), resume=args.resume)
         comms.shutdown()
     except UserError as e:
+        # No comms.shutdown() here: its barrier would wait for peers that may still be training (an error
+        # only this rank saw) until the collective watchdog gives up, turning exit 2 into exit 4. The
+        # launcher stops the other ranks when this one exits.
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0

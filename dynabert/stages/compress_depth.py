@@ -10,28 +10,25 @@ split, kept as the width stage keeps it (``compress.select``), into ``compress_d
 """
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-import numpy as np
 import paddle
 
-from dynabert.batching import GlobalBatches
 from dynabert.checkpoint import Checkpoint
 from dynabert.config import Config
 from dynabert.depth import DepthSupernet, KeptHiddenStates, depth_dir_name, depth_step
 from dynabert.errors import UserError
 from dynabert.export import EXPORT_META, extract_submodel_at_depth, save_exported
-from dynabert.io_utils import atomic_paddle_save
-from dynabert.metrics import main_metric_name
 from dynabert.precision import Precision
 from dynabert.preflight import check_free_space
 from dynabert.stage_state import checkpointer, resume_from
-from dynabert.stages.common import StageContext, describe, improves, is_finite, load_teacher, tokenizer_of
+from dynabert.stages.common import StageContext, describe, load_teacher, tokenizer_of
 from dynabert.stages.export import load_kept
+from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
 from dynabert.supernet import Supernet
 from dynabert.task_data import metrics_on
 from dynabert.train_step import HiddenStates, forward
-from dynabert.trainer import LoopHooks, global_throughput, train
+from dynabert.trainer import LoopHooks, train
 
 NAME = "compress_depth"
 
@@ -76,44 +73,6 @@ def sub_key(width: float, depth: float) -> str:
     return f"{width:g}_{depth:g}"
 
 
-class DepthBestKeeper:
-    """The width stage's BestKeeper over (width, depth) pairs: "supernet" keeps the step with the best mean
-    selection metric over all pairs (the original sums them, run_glue.py L216-234), "per_width" each
-    pair's own best step. State (JSON, in checkpoints and DONE.json): {"select", "step", "mean", "models":
-    {"W_D": metrics + step}}. Rank 0 writes what is kept under ``compress_depth/best``."""
-
-    def __init__(self, ctx: StageContext, student: DepthSupernet, state: Optional[dict]):
-        self.ctx, self.student = ctx, student
-        self.select = ctx.cfg.compress.select
-        self.metric = main_metric_name(ctx.data.task)
-        self.root = ctx.path(NAME, "best")
-        self.state = state or {"select": self.select, "step": None, "mean": None, "models": {}}
-
-    def offer(self, step: int, results: Dict[Tuple[float, float], Dict[str, float]]) -> None:
-        models = self.state["models"]
-        if self.select == "per_width":
-            better = [k for k, r in results.items() if improves(r, models.get(sub_key(*k)), self.metric)]
-        else:
-            mean = float(np.mean([r[self.metric] for r in results.values()]))
-            current = None if self.state["mean"] is None else {self.metric: self.state["mean"]}
-            better = list(results) if improves({self.metric: mean}, current, self.metric) else []
-        if not better or not is_finite(self.student.model):
-            return
-        for k in better:
-            models[sub_key(*k)] = {**results[k], "step": step}
-        if self.select == "supernet":
-            self.state.update(step=step, mean=mean)
-        self.ctx.comms.run_on_main(lambda: self._save(better))
-
-    def _save(self, pairs) -> None:
-        tokenizer = tokenizer_of(self.ctx.cfg)
-        for width, depth in pairs:
-            save_exported(extract_submodel_at_depth(self.student, width, depth), width, tokenizer,
-                          os.path.join(self.root, depth_dir_name(width, depth)), inference_model=False, depth=depth)
-        if self.select == "supernet":
-            atomic_paddle_save(self.student.state_dict(), os.path.join(self.root, "supernet.pdparams"))
-
-
 def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     """Returns the completion record: the kept evaluations ("best"), the throughput, skipped steps."""
     cfg, comms, log, data = ctx.cfg, ctx.comms, ctx.log, ctx.data
@@ -126,7 +85,15 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     if checkpoint:
         student.set_state_dict(checkpoint.model_state())
     student_states, teacher_states = KeptHiddenStates(student.model), HiddenStates(teacher.model)
-    keeper = DepthBestKeeper(ctx, student, checkpoint.extra["best"] if checkpoint else None)
+    def save_pairs(pairs) -> None:
+        tokenizer = tokenizer_of(cfg)
+        for width, depth in pairs:
+            save_exported(extract_submodel_at_depth(student, width, depth), width, tokenizer,
+                          os.path.join(keeper.root, depth_dir_name(width, depth)), inference_model=False, depth=depth)
+
+    keeper = BestKeeper(ctx, supernet=student, root=ctx.path(NAME, "best"), entries="models",
+                        name_of=lambda pair: sub_key(*pair), save_models=save_pairs,
+                        state=checkpoint.extra["best"] if checkpoint else None)
 
     def on_eval(step: int) -> None:
         student.eval()
@@ -151,21 +118,13 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
                           depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
                           regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward)
 
-    batches = GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
-                            data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
-                            group_by_length=cfg.data.group_by_length)
     student.train()
-    outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=batches,
+    outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=training_batches(ctx),
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms),
                                     checkpoint_state=lambda: {"best": keeper.state}),
                     resume=resume_from(checkpoint), precision=precision)
-    student_states.remove()
-    teacher_states.remove()
-    comms.run_on_main(lambda: atomic_paddle_save(student.state_dict(), ctx.path(NAME, "supernet.pdparams")))
-    speed = global_throughput(outcome.throughput, comms)
-    log.info(f"{NAME}: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
-    return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps}
+    return finish_training(ctx, NAME, student, outcome, keeper, (student_states, teacher_states))
 
 
 def export_depth(ctx: StageContext) -> List[dict]:

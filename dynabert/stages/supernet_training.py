@@ -1,0 +1,73 @@
+"""What the width stage (``compress``) and the depth stage (``compress_depth``) share: which evaluation is
+kept (``compress.select``), the training batches, and the end of training (hooks removed, the last supernet
+saved, the global throughput)."""
+import os
+from typing import Callable, Dict, Hashable, List, Optional, Sequence
+
+import numpy as np
+
+from dynabert.batching import GlobalBatches
+from dynabert.io_utils import atomic_paddle_save
+from dynabert.metrics import main_metric_name
+from dynabert.stages.common import StageContext, improves, is_finite
+from dynabert.trainer import TrainResult, global_throughput
+
+
+class BestKeeper:
+    """Which evaluation is best, per ``compress.select``: "supernet" keeps the step with the best mean
+    selection metric over all sub-models (the original sums them, run_glue.py L216-234), "per_width" each
+    sub-model's own best step. Rank 0 writes what is kept: ``save_models(keys)`` the sub-models, and with
+    "supernet" the whole supernet as ``<root>/supernet.pdparams``.
+
+    The state is plain JSON (saved in checkpoints and DONE.json): {"select", "step", "mean", <entries>:
+    {name_of(key): metrics + step}}, ``entries`` being "widths" (width stage) or "models" (depth stage)."""
+
+    def __init__(self, ctx: StageContext, *, supernet, root: str, entries: str, name_of: Callable[[Hashable], str],
+                 save_models: Callable[[List[Hashable]], None], state: Optional[dict]):
+        self.ctx, self.supernet, self.root = ctx, supernet, root
+        self.entries, self.name_of, self.save_models = entries, name_of, save_models
+        self.select = ctx.cfg.compress.select
+        self.metric = main_metric_name(ctx.data.task)
+        self.state = state or {"select": self.select, "step": None, "mean": None, entries: {}}
+
+    def offer(self, step: int, results: Dict[Hashable, Dict[str, float]]) -> None:
+        kept = self.state[self.entries]
+        if self.select == "per_width":
+            better = [k for k, r in results.items() if improves(r, kept.get(self.name_of(k)), self.metric)]
+        else:
+            mean = float(np.mean([r[self.metric] for r in results.values()]))
+            current = None if self.state["mean"] is None else {self.metric: self.state["mean"]}
+            better = list(results) if improves({self.metric: mean}, current, self.metric) else []
+        if not better or not is_finite(self.supernet.model):
+            return
+        for k in better:
+            kept[self.name_of(k)] = {**results[k], "step": step}
+        if self.select == "supernet":
+            self.state.update(step=step, mean=mean)
+        self.ctx.comms.run_on_main(lambda: self._save(better))
+
+    def _save(self, keys: List[Hashable]) -> None:
+        self.save_models(keys)
+        if self.select == "supernet":
+            atomic_paddle_save(self.supernet.state_dict(), os.path.join(self.root, "supernet.pdparams"))
+
+
+def training_batches(ctx: StageContext) -> GlobalBatches:
+    """The global batches of ``compress.optim``, this rank's share of each; the same order for both stages."""
+    cfg, comms, data = ctx.cfg, ctx.comms, ctx.data
+    return GlobalBatches(data.train, cfg.compress.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
+                         data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
+                         group_by_length=cfg.data.group_by_length)
+
+
+def finish_training(ctx: StageContext, name: str, supernet, outcome: TrainResult, keeper: BestKeeper,
+                    hidden_states: Sequence) -> dict:
+    """Remove the hidden-state hooks, save the last supernet as ``<name>/supernet.pdparams`` (rank 0), log the
+    global throughput. Returns the stage's completion record: the kept evaluations ("best"), the
+    throughput, the skipped steps."""
+    for states in hidden_states:
+        states.remove()
+    ctx.comms.run_on_main(lambda: atomic_paddle_save(supernet.state_dict(), ctx.path(name, "supernet.pdparams")))
+    speed = global_throughput(outcome.throughput, ctx.comms)
+    ctx.log.info(f"{name}: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
+    return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps}
