@@ -21,16 +21,17 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from benchmarks import recipe_report as report  # noqa: E402
+from benchmarks.recipe_settings import PROTOCOL, SETTINGS, TUTORIAL, Setting, parse_define  # noqa: E402
 from benchmarks.run_all import clean_env  # noqa: E402
 from dynabert.data import get_task  # noqa: E402  (no paddle import)
 from dynabert.errors import UserError  # noqa: E402
@@ -42,60 +43,9 @@ SMOKE_CONFIG = os.path.join("configs", "tiny.yaml")
 DEFAULT_SETTINGS = ("tutorial,dynabert_w,dynabert,mid,inplace,inplace_low,lr2x,epochs2,eval50,dynabert_optim,task,"
                     "labels_only")
 SMOKE_SETTINGS = "tutorial,inplace"
-# Pinned in every run: the protocol users see, and the tutorial's recipe as the base every setting changes.
-PROTOCOL = {"data.select_on": "validation", "compress.select": "supernet"}
-TUTORIAL = {"compress.lambda_distill": 0.1, "compress.lambda_logit": 0.1, "compress.inplace_distill": 0.0}
 # --smoke: fewer rows and epochs (20 steps per epoch), so start-up is most of its time; numbers are not the point.
 SMOKE_EXTRA = {"finetune.epochs": 2, "data.train_limit": 640, "data.dev_limit": 100}
-TARGETS = {0.25: -0.03, 0.5: -0.01}  # issue 15: 3-seed mean dev delta to the teacher at least this
 PATH_KEYS = ("run.out_dir", "model.teacher", "model.name_or_path", "data.glue_dir", "data.cache_dir")
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    what: str
-    changes: Callable  # base Config -> {dotted key: value}, on top of TUTORIAL
-
-
-def _weights(hidden: float, logit: float) -> Callable:
-    return lambda base: {"compress.lambda_distill": hidden, "compress.lambda_logit": logit}
-
-
-SETTINGS = {s.name: s for s in (
-    Setting("tutorial", "the tutorial's weights, hidden 0.1 / logit 0.1 (today's default)", lambda b: {}),
-    Setting("dynabert_w", "DynaBERT's width stage: hidden 0.1 / logit 1.0 (width_lambda2 / width_lambda1)",
-            _weights(0.1, 1.0)),
-    Setting("dynabert", "hidden 1.0 / logit 1.0 (DynaBERT's depth-stage weights, the issue's 1/1)",
-            _weights(1.0, 1.0)),
-    # AdamW cancels a factor common to both weights (but for clipping and eps): 0.5/0.5 would repeat the
-    # tutorial's logit:hidden ratio, so the point between changes the ratio (docs/recipe.md).
-    Setting("mid", "hidden 0.1 / logit 0.3: between the tutorial and DynaBERT's width stage", _weights(0.1, 0.3)),
-    Setting("scale_half", "hidden 0.5 / logit 0.5: the tutorial's ratio, 5x the scale", _weights(0.5, 0.5)),
-    Setting("inplace", "tutorial + in-place distillation (weight 1.0) from the full width's logits",
-            lambda b: {"compress.inplace_distill": 1.0}),
-    # Seed 1 of the study: at 1.0 (10x the teacher's logit weight) the smaller widths' in-place term
-    # dominates the shared weights' gradient and width 1.0 lost 3.9 points; so also at the logit weight.
-    Setting("inplace_low", "tutorial + in-place distillation weighted as the teacher's logits (0.1)",
-            lambda b: {"compress.inplace_distill": b.compress.lambda_logit}),
-    Setting("lr2x", "tutorial, 1 epoch at twice the learning rate",
-            lambda b: {"compress.optim.learning_rate": 2 * b.compress.optim.learning_rate}),
-    Setting("epochs2", "tutorial, 2x the epochs over the same rows at today's rate (2x steps)",
-            lambda b: {"compress.optim.epochs": 2 * b.compress.optim.epochs}),
-    Setting("epochs2_half", "tutorial, 2x the epochs over half the rows: the same steps as 1 epoch",
-            lambda b: {"compress.optim.epochs": 2 * b.compress.optim.epochs,
-                       "data.train_limit": b.data.train_limit // 2 if b.data.train_limit else None}),
-    Setting("eval50", "DynaBERT's selection cadence: evaluate (all widths) every 50 steps",
-            lambda b: {"compress.optim.eval_every": 50}),
-    Setting("dynabert_optim", "DynaBERT's optimizer: no warmup, no weight decay",
-            lambda b: {"compress.optim.warmup_ratio": 0.0, "compress.optim.weight_decay": 0.0}),
-    # Without augmented data (this study has none) DynaBERT's width stage trains on the labels alone
-    # (run_glue.py:165-166); the tutorial never uses them. Both, and the labels added to the tutorial's terms:
-    Setting("task", "tutorial + every width's loss on the true labels, weighted as the teacher's logits",
-            lambda b: {"compress.lambda_task": b.compress.lambda_logit}),
-    Setting("labels_only", "DynaBERT's width stage without --data_aug: the true labels only, no distillation",
-            lambda b: {"compress.lambda_distill": 0.0, "compress.lambda_logit": 0.0, "compress.lambda_task": 1.0}),
-)}
 
 
 class RunFailed(Exception):
@@ -121,16 +71,6 @@ def yaml_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(yaml_value(v) for v in value) + "]"
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def parse_define(text: str) -> Setting:
-    """--define NAME=KEY=VALUE[;KEY=VALUE...]: a setting of your own (e.g. a combination)."""
-    name, _, body = text.partition("=")
-    pairs = [p.partition("=") for p in body.split(";") if p.strip()]
-    if not name.strip() or not pairs or any(not sep for _, sep, _ in pairs):
-        raise UserError(f"--define {text}: expected NAME=section.key=value[;section.key=value...]")
-    changes = {k.strip(): v.strip() for k, _, v in pairs}
-    return Setting(name.strip(), "defined on the command line: " + body, lambda b: dict(changes))
 
 
 def build_plan(args, base) -> List[Run]:
@@ -268,110 +208,9 @@ def drop_models(run_dir: str) -> None:
                 shutil.rmtree(os.path.join(root, stage, entry), ignore_errors=True)
 
 
-def summarize(values: List[float]) -> dict:
-    """Mean, sample standard deviation (n-1; null for one value), min and max."""
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values), "values": list(values)}
-
-
-def aggregate(records: List[dict], settings: List[Setting], base) -> dict:
-    teachers: Dict[int, List[float]] = {}
-    for r in records:
-        teachers.setdefault(r["seed"], []).append(r["teacher"])
-    per_seed = {seed: values[0] for seed, values in sorted(teachers.items())}
-    out = {"teacher": {"per_seed": {str(s): v for s, v in per_seed.items()},
-                       "same_in_every_run_of_a_seed": all(len(set(v)) == 1 for v in teachers.values()),
-                       "summary": summarize(list(per_seed.values())) if per_seed else None},
-           "settings": {}}
-    for s in settings:
-        mine = [r for r in records if r["setting"] == s.name]
-        entry = {"what": s.what, "changes": {**TUTORIAL, **s.changes(base)}, "seeds": [r["seed"] for r in mine],
-                 "widths": {}, "targets": {}}
-        for w in (sorted({w for r in mine for w in r["widths"]}, key=float, reverse=True)):
-            runs = [r for r in mine if w in r["widths"]]
-            entry["widths"][w] = {"metric": summarize([r["widths"][w] for r in runs]),
-                                  "delta": summarize([r["widths"][w] - r["teacher"] for r in runs])}
-        for width, bar in TARGETS.items():
-            delta = entry["widths"].get(str(width), {}).get("delta")
-            entry["targets"][str(width)] = {"bar": bar, "mean_delta": delta and delta["mean"],
-                                            "met": bool(delta and delta["mean"] >= bar)}
-        out["settings"][s.name] = entry
-    out["paired"] = paired(records, [s.name for s in settings])
-    return out
-
-
-def paired(records: List[dict], names: List[str], baseline: str = "tutorial") -> dict:
-    """Per setting and width, the setting minus the baseline on the same seed (the same teacher, validation
-    split and data order): most of the spread over seeds is the teachers', and it cancels here."""
-    runs = {(r["setting"], r["seed"]): r["widths"] for r in records}
-    out = {}
-    for name in names:
-        seeds = sorted(seed for (n, seed) in runs if n == name and (baseline, seed) in runs)
-        if name == baseline or not seeds:
-            continue
-        widths = sorted({w for seed in seeds for w in runs[(name, seed)]}, key=float, reverse=True)
-        out[name] = {"baseline": baseline, "seeds": seeds,
-                     "widths": {w: summarize([runs[(name, s)][w] - runs[(baseline, s)][w] for s in seeds
-                                              if w in runs[(name, s)] and w in runs[(baseline, s)]])
-                                for w in widths}}
-    return out
-
-
-def _cell(s: Optional[dict], signed: bool = False) -> str:
-    if not s:
-        return ""
-    return ("{:+.4f}" if signed else "{:.4f}").format(s["mean"]) + ("" if s["std"] is None else f" ± {s['std']:.4f}")
-
-
-def _f(x: Optional[float], signed: bool = False) -> str:
-    return "" if x is None else ("{:+.4f}" if signed else "{:.4f}").format(x)
-
-
-def markdown(result: dict) -> str:
-    base, agg, metric = result["base"], result["aggregate"], result["metric"]
-    widths = sorted({w for s in agg["settings"].values() for w in s["widths"]}, key=float, reverse=True)
-    smoke = " (SMOKE: tiny random BERT, synthetic data; not a measurement)" if result["smoke"] else ""
-    lines = [f"# Distillation recipe study{smoke}", "", f"Protocol: {result['protocol']}.", "",
-             f"Budget per run (`{result['config']}`): {base['model']} on {base['task']}, {base['train_rows']} training "
-             f"rows, global batch {base['batch_size']}, max_seq_len {base['max_seq_len']}, {base['epochs']:g} compress "
-             f"epoch(s) at learning rate {base['learning_rate']:g} unless a setting says otherwise; "
-             f"{result['nproc_per_node']} process(es) x {result['threads_per_process']} thread(s). Teacher: "
-             f"{result['teacher_source']}. Seeds: {', '.join(map(str, result['seeds']))}.", ""]
-    t = agg["teacher"]["summary"]
-    if t:
-        lines += [f"Teacher dev {metric}: {_cell(t)} (min {t['min']:.4f}, max {t['max']:.4f}).", ""]
-    lines += [f"Δ = dev {metric} of the width minus the same seed's teacher; mean ± sample std over seeds (n-1). "
-              "Targets (issue 15, mean Δ): " + ", ".join(f"w{w} ≥ {bar:+g}" for w, bar in TARGETS.items()) + ".", ""]
-    rows = [[name, len(s["seeds"])] + [_cell(s["widths"].get(w, {}).get("delta"), signed=True) for w in widths]
-            + ["yes" if s["targets"][str(w)]["met"] else "no" for w in TARGETS] for name, s in agg["settings"].items()]
-    lines += [common.md_table(["setting", "seeds"] + [f"Δ w{w}" for w in widths] + [f"target w{w}" for w in TARGETS],
-                              rows), ""]
-    if agg.get("paired"):
-        lines += ["Paired with `tutorial` on the same seed (same teacher): the setting's dev "
-                  f"{metric} minus the tutorial's, mean ± sample std over the seeds both have:", ""]
-        lines += [common.md_table(["setting", "seeds"] + [f"w{w}" for w in widths],
-                                  [[name, len(p["seeds"])] + [_cell(p["widths"].get(w), signed=True) for w in widths]
-                                   for name, p in agg["paired"].items()]), ""]
-    long_rows = [[name, w, c["metric"]["n"], _f(c["metric"]["mean"]), _f(c["metric"]["std"]), _f(c["metric"]["min"]),
-                  _f(c["metric"]["max"]), _f(c["delta"]["mean"], True), _f(c["delta"]["std"]),
-                  _f(c["delta"]["min"], True), _f(c["delta"]["max"], True)]
-                 for name, s in agg["settings"].items() for w, c in s["widths"].items()]
-    lines += [common.md_table(["setting", "width", "n", "mean", "std", "min", "max", "Δ mean", "Δ std", "Δ min",
-                               "Δ max"], long_rows), "", "Settings (every run pins the tutorial's weights first):", ""]
-    lines += [f"- `{name}`: {s['what']}: `{json.dumps(s['changes'])}`" for name, s in agg["settings"].items()]
-    runs = [[r["setting"], r["seed"], r["compress_steps"], r["best_step"], _f(r["teacher"])]
-            + [_f(r["widths"].get(w)) for w in widths] + [round((r["seconds"] or {}).get("compress", 0))]
-            for r in result["runs"]]
-    lines += ["", "Runs:", "", common.md_table(["setting", "seed", "steps", "kept step", "teacher"]
-                                               + [f"w{w}" for w in widths] + ["compress s"], runs)]
-    earlier = sorted({r["from"] for r in result["runs"] if r.get("from")})
-    if earlier:
-        lines += ["", f"Runs taken from --previous ({', '.join(earlier)}): "
-                  + ", ".join(f"{r['setting']} seed {r['seed']}" for r in result["runs"] if r.get("from"))]
-    if result["missing"]:
-        lines += ["", "Not run yet: " + ", ".join(f"{m['setting']} seed {m['seed']}" for m in result["missing"])]
-    return "\n".join(lines)
+def describe_settings(settings: List[Setting], base) -> Dict[str, dict]:
+    """What the report says of each setting: its description and every value it pins."""
+    return {s.name: {"what": s.what, "changes": {**TUTORIAL, **s.changes(base)}} for s in settings}
 
 
 def parse_args(argv=None):
@@ -549,14 +388,14 @@ def write(args, base, records: List[dict], plan: List[Run], env: Dict[str, str],
                            "fine-tuned once per seed (same seed, same validation split), shared by its settings"),
         "nproc_per_node": args.nproc, "threads_per_process": int(env["OMP_NUM_THREADS"]),
         "std": "sample standard deviation over seeds (n-1); null with one seed",
-        "aggregate": aggregate(records, [args.catalog[n] for n in args.settings], base),
+        "aggregate": report.aggregate(records, describe_settings([args.catalog[n] for n in args.settings], base)),
         "runs": records,
         "missing": [{"setting": r.setting, "seed": r.seed} for r in plan
                     if r.setting != "teacher" and (r.setting, r.seed) not in done],
         "wall_seconds": seconds, "machine": machine,
     }
     os.makedirs(args.results_dir, exist_ok=True)
-    common.write_result(args.results_dir, NAME, result, markdown(result))
+    common.write_result(args.results_dir, NAME, result, report.markdown(result))
     return result
 
 

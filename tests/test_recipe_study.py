@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import recipe_report
 from benchmarks import recipe_study as rs
 from dynabert.errors import UserError
 from launcher.config import load_config
@@ -136,7 +137,7 @@ def test_statistics_per_setting_and_width_match_numpy_over_the_runs_files(tmp_pa
         if run.setting != "teacher" and (run.setting, run.seed) != ("lr2x", 3):  # one run still missing
             _fake_run(run, rng, teachers[run.seed])
     records = [rs.read_run(r, need_glue=True) for r in plan if r.setting != "teacher" and rs.is_done(r)]
-    agg = rs.aggregate(records, [rs.SETTINGS["tutorial"], rs.SETTINGS["lr2x"]], base)
+    agg = recipe_report.aggregate(records, rs.describe_settings([rs.SETTINGS["tutorial"], rs.SETTINGS["lr2x"]], base))
     for setting, seeds in (("tutorial", (1, 2, 3)), ("lr2x", (1, 2))):
         entry = agg["settings"][setting]
         assert entry["seeds"] == list(seeds)
@@ -147,7 +148,7 @@ def test_statistics_per_setting_and_width_match_numpy_over_the_runs_files(tmp_pa
                 assert got["mean"] == pytest.approx(values.mean(), abs=1e-12)
                 assert got["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
                 assert (got["min"], got["max"]) == (pytest.approx(values.min()), pytest.approx(values.max()))
-        for w, bar in rs.TARGETS.items():
+        for w, bar in recipe_report.TARGETS.items():
             assert entry["targets"][str(w)]["met"] == bool(_expected(tmp_path, setting, seeds)[str(w)][1].mean() >= bar)
     lr2x, tutorial = _expected(tmp_path, "lr2x", (1, 2)), _expected(tmp_path, "tutorial", (1, 2))
     assert agg["paired"]["lr2x"]["seeds"] == [1, 2] and "tutorial" not in agg["paired"]
