@@ -54,6 +54,10 @@ SETTINGS = {s.name: s for s in (
             lambda b: {"compress.lambda_task": b.compress.lambda_logit}),
     Setting("labels_only", "DynaBERT's width stage without --data_aug: the true labels only, no distillation",
             lambda b: {"compress.lambda_distill": 0.0, "compress.lambda_logit": 0.0, "compress.lambda_task": 1.0}),
+    # Added in session 7: `task` and `lr2x` each beat the tutorial on every seed; do they add up?
+    Setting("task_lr2x", "task + lr2x: the labels at the logit weight and twice the learning rate",
+            lambda b: {"compress.lambda_task": b.compress.lambda_logit,
+                       "compress.optim.learning_rate": 2 * b.compress.optim.learning_rate}),
 )}
 
 

@@ -41,7 +41,7 @@ NAME = "recipe_study"
 FULL_CONFIG = os.path.join("configs", "tutorial_recipe.yaml")
 SMOKE_CONFIG = os.path.join("configs", "tiny.yaml")
 DEFAULT_SETTINGS = ("tutorial,dynabert_w,dynabert,mid,inplace,inplace_low,lr2x,epochs2,eval50,dynabert_optim,task,"
-                    "labels_only")
+                    "labels_only,task_lr2x")
 SMOKE_SETTINGS = "tutorial,inplace"
 # --smoke: fewer rows and epochs (20 steps per epoch), so start-up is most of its time; numbers are not the point.
 SMOKE_EXTRA = {"finetune.epochs": 2, "data.train_limit": 640, "data.dev_limit": 100}
@@ -71,6 +71,12 @@ def yaml_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(yaml_value(v) for v in value) + "]"
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def as_overrides(values: Dict[str, object]) -> Dict[str, str]:
+    """Values as the ``--set`` text a run is given: two runs are the same when the launcher saw the same text
+    (a --define's "0.1" and a setting's 0.1 alike)."""
+    return {k: yaml_value(v) for k, v in values.items()}
 
 
 def build_plan(args, base) -> List[Run]:
@@ -125,8 +131,9 @@ def check_stored(run: Run) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)["recipe"]
-        if stored != json.loads(json.dumps(run.recipe)):
-            diff = sorted(k for k in set(stored) | set(run.recipe) if stored.get(k) != run.recipe.get(k))
+        stored, here = as_overrides(stored), as_overrides(run.recipe)
+        if stored != here:
+            diff = sorted(k for k in set(stored) | set(here) if stored.get(k) != here.get(k))
             raise UserError(f"{path}: made with other settings ({', '.join(diff)}); delete {run.out_dir} or "
                             "use another --out")
 
@@ -349,8 +356,8 @@ def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
         name = r["setting"]
         if name not in args.catalog:
             continue
-        now = json.loads(json.dumps({**TUTORIAL, **args.catalog[name].changes(base)}))
-        if changes.get(name) != now:
+        now = {**TUTORIAL, **args.catalog[name].changes(base)}
+        if as_overrides(changes.get(name) or {}) != as_overrides(now):
             raise UserError(f"--previous {path}: setting {name} changed {changes.get(name)}, here {now}")
         # a run carried over twice keeps the first file and commit it came from
         out[(name, r["seed"])] = {**r, "from": r.get("from") or f"{path}, written at commit {written_at}"}

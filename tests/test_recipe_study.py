@@ -88,9 +88,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 
 
 def test_a_run_made_with_other_settings_is_refused(tmp_path):
-    args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
+    args = _args(tmp_path, "--settings", "task_lr2x", "--seeds", "1")
     run = rs.build_plan(args, load_config(args.config))[1]
+    assert (run.recipe["compress.lambda_task"], run.recipe["compress.optim.learning_rate"]) == (0.1, 2e-4)
     os.makedirs(run.out_dir)
+    # The same --set text from a --define (whose values are strings) is the same run.
+    with open(os.path.join(run.out_dir, "study.json"), "w") as f:
+        json.dump({"recipe": {**run.recipe, "compress.lambda_task": "0.1", "compress.optim.learning_rate": "0.0002"}}, f)
+    rs.check_stored(run)
     with open(os.path.join(run.out_dir, "study.json"), "w") as f:
         json.dump({"recipe": {**run.recipe, "compress.lambda_logit": 1.0}}, f)
     with pytest.raises(UserError, match="compress.lambda_logit"):
