@@ -94,7 +94,8 @@ def test_a_run_made_with_other_settings_is_refused(tmp_path):
     os.makedirs(run.out_dir)
     # The same --set text from a --define (whose values are strings) is the same run.
     with open(os.path.join(run.out_dir, "study.json"), "w") as f:
-        json.dump({"recipe": {**run.recipe, "compress.lambda_task": "0.1", "compress.optim.learning_rate": "0.0002"}}, f)
+        as_defined = {"compress.lambda_task": "0.1", "compress.optim.learning_rate": "0.0002"}
+        json.dump({"recipe": {**run.recipe, **as_defined}}, f)
     rs.check_stored(run)
     with open(os.path.join(run.out_dir, "study.json"), "w") as f:
         json.dump({"recipe": {**run.recipe, "compress.lambda_logit": 1.0}}, f)
