@@ -16,6 +16,10 @@ class Setting:
     what: str
     changes: Callable  # base Config -> {dotted key: value}, on top of TUTORIAL
 
+    def pinned(self, base) -> dict:
+        """Every value a run of this setting pins: the tutorial's recipe, then this setting's changes."""
+        return {**TUTORIAL, **self.changes(base)}
+
 
 def _weights(hidden: float, logit: float) -> Callable:
     return lambda base: {"compress.lambda_distill": hidden, "compress.lambda_logit": logit}

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from benchmarks import recipe_report as report  # noqa: E402
-from benchmarks.recipe_settings import PROTOCOL, SETTINGS, TUTORIAL, Setting, parse_define  # noqa: E402
+from benchmarks.recipe_settings import PROTOCOL, SETTINGS, Setting, parse_define  # noqa: E402
 from benchmarks.run_all import clean_env  # noqa: E402
 from dynabert.data import get_task  # noqa: E402  (no paddle import)
 from dynabert.errors import UserError  # noqa: E402
@@ -97,7 +97,7 @@ def build_plan(args, base) -> List[Run]:
             plan.append(_run("teacher", seed, t_dir, {**shared, "run.stages": ["finetune"]}))
             teacher = os.path.join(t_dir, "teacher")
         for name in args.settings:
-            changes = {**TUTORIAL, **args.catalog[name].changes(base)}
+            changes = args.catalog[name].pinned(base)
             plan.append(_run(name, seed, os.path.join(out, "runs", name, f"seed_{seed}"),
                              {**shared, "run.stages": ["compress", "export"], "export.inference_model": False,
                               "model.teacher": teacher, **changes}))
@@ -217,7 +217,7 @@ def drop_models(run_dir: str) -> None:
 
 def describe_settings(settings: List[Setting], base) -> Dict[str, dict]:
     """What the report says of each setting: its description and every value it pins."""
-    return {s.name: {"what": s.what, "changes": {**TUTORIAL, **s.changes(base)}} for s in settings}
+    return {s.name: {"what": s.what, "changes": s.pinned(base)} for s in settings}
 
 
 def parse_args(argv=None):
@@ -356,7 +356,7 @@ def load_previous(path: str, args, base) -> Dict[Tuple[str, int], dict]:
         name = r["setting"]
         if name not in args.catalog:
             continue
-        now = {**TUTORIAL, **args.catalog[name].changes(base)}
+        now = args.catalog[name].pinned(base)
         if as_overrides(changes.get(name) or {}) != as_overrides(now):
             raise UserError(f"--previous {path}: setting {name} changed {changes.get(name)}, here {now}")
         # a run carried over twice keeps the first file and commit it came from
