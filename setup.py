@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Compress fine-tuned BERT models with DynaBERT width adaptation on PaddlePaddle, data-parallel",
     packages=find_packages(include=["dynabert", "dynabert.*", "launcher", "launcher.*", "tools", "tools.*"]),
-    python_requires=">=3.10,<3.12",  # tested on 3.11; dynabert/data.py uses 3.10 syntax
+    python_requires=">=3.10,<3.12",  # tested on 3.11; dynabert/data/ uses 3.10 syntax
     install_requires=[
         f"{paddle}==2.6.2",
         "paddlenlp==2.8.1",
@@ -23,12 +23,12 @@ setup(
         "tqdm",
         "matplotlib",
         "psutil",
-        "tokenizers",  # the corpus cache's tokenizer (dynabert/fast_tokenizer.py)
+        "tokenizers",  # the corpus cache's tokenizer (dynabert/data/tokenizer.py)
         # deployment (dynabert/deploy): ONNX export, ONNX Runtime serving and int8
         "paddle2onnx",
         "onnxruntime",
         "onnx",
-        # dynabert/metrics.py: Matthews correlation, F1 (scikit-learn), Pearson/Spearman (scipy)
+        # dynabert/data/metrics.py: Matthews correlation, F1 (scikit-learn), Pearson/Spearman (scipy)
         "scikit-learn",
         "scipy",
     ],

@@ -53,7 +53,7 @@ def parse_args(argv=None):
 
 
 def _tokenizer():
-    from dynabert.models import default_model_dir, load_tokenizer
+    from dynabert.model.pretrained import default_model_dir, load_tokenizer
 
     return load_tokenizer(default_model_dir())
 
@@ -80,7 +80,7 @@ def _log_line(line: str) -> None:
 
 
 def child_build(args) -> None:
-    from dynabert.corpus_cache import prepare
+    from dynabert.data.cache import prepare
 
     tokenizer = _tokenizer()
     rss_before = common.peak_rss_bytes()
@@ -101,7 +101,7 @@ def grouped_global_batches(split, global_batch: int, seed: int, epoch: int):
     (int32 [steps, global_batch] example indices, order of the steps)."""
     import numpy as np
 
-    from dynabert.batching import MEGABATCH
+    from dynabert.data.batching import MEGABATCH
 
     lengths = split.lengths
     n = len(lengths)
@@ -121,8 +121,8 @@ def grouped_global_batches(split, global_batch: int, seed: int, epoch: int):
 
 
 def child_iterate(args) -> None:
-    from dynabert.corpus_cache import prepare
-    from dynabert.data import collate
+    from dynabert.data.cache import prepare
+    from dynabert.data.features import collate
 
     tokenizer = _tokenizer()
     pad = tokenizer.pad_token_id
@@ -149,7 +149,7 @@ def child_iterate(args) -> None:
               "peak_rss": common.peak_rss_bytes(), "rss_anon_end": _status("RssAnon"),
               "rss_file_end": _status("RssFile")}
     if args.check_sampler:  # after the peak is read: GlobalBatches materializes every row's length
-        from dynabert.batching import GlobalBatches
+        from dynabert.data.batching import GlobalBatches
 
         reference = GlobalBatches(split, GLOBAL_BATCH, SEED, 0, 1, pad, group_by_length=True).global_indices(0)
         result["sampler_equals_global_batches"] = bool((reference == batches[step_order]).all())
@@ -162,8 +162,8 @@ def child_half(args) -> None:
     without parsing), tokenize rows [part*n/2, (part+1)*n/2), save the arrays."""
     import numpy as np
 
-    from dynabert.data import read_glue_tsv
-    from dynabert.fast_tokenizer import FastBertTokenizer
+    from dynabert.data.readers import read_glue_tsv
+    from dynabert.data.tokenizer import FastBertTokenizer
 
     start = time.perf_counter()
     fast = FastBertTokenizer(_tokenizer())
@@ -210,7 +210,7 @@ def run_child(argv, in_process: bool = False, timeout=7200) -> dict:
 
 
 def sst2_sentences(smoke: bool):
-    from dynabert.data import load_split
+    from dynabert.data.sources import load_split
 
     examples, source = load_split("sst-2", "train", limit=2000 if smoke else None, allow_download=False)
     return [e.text_a for e in examples], source
@@ -236,9 +236,9 @@ def throughput(examples, reps: int, workdir: str, source_file) -> dict:
     """rows/s of PaddleNLP vs FastBertTokenizer (and the whole builder when ``source_file``), alternated."""
     import warnings
 
-    from dynabert.corpus_cache import prepare
-    from dynabert.data import encode
-    from dynabert.fast_tokenizer import FastBertTokenizer
+    from dynabert.data.cache import prepare
+    from dynabert.data.features import encode
+    from dynabert.data.tokenizer import FastBertTokenizer
 
     tokenizer = _tokenizer()
     times = {"paddle": [], "fast": [], "builder": []}
@@ -318,7 +318,8 @@ def main(argv=None):
         raise SystemExit("--out is required")
     common.set_threads(1)
     import dynabert  # noqa: F401
-    from dynabert.data import Example, read_glue_tsv
+    from dynabert.data.readers import read_glue_tsv
+    from dynabert.data.tasks import Example
 
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else \
         ([2000, 10000] if args.smoke else [100000, 1000000, 5000000])

@@ -1,7 +1,7 @@
 """Step-0 equivalence of the project and the tutorial loop: loss terms and gradients, compared by name.
 
 Meaningful only on a batch without padding (``workload.unpadded_batch``): the project's hidden-state loss
-averages over real tokens, the tutorial's over every position (dynabert/losses.py).
+averages over real tokens, the tutorial's over every position (dynabert/train/losses.py).
 """
 import numpy as np
 

@@ -2,8 +2,8 @@
 
     python -m benchmarks.importance_bench --out DIR --save-state FILE [--smoke]
 
-Both use what the pipeline uses: ``dynabert.evaluation.evaluate`` (length-sorted dev batches, no_grad) and
-``dynabert.importance.compute_importance`` over the same dev batches (forward + backward per batch, head
+Both use what the pipeline uses: ``dynabert.train.evaluation.evaluate`` (length-sorted dev batches, no_grad) and
+``dynabert.model.importance.compute_importance`` over the same dev batches (forward + backward per batch, head
 mask and FFN-neuron scores). The importance is then used to reorder the teacher, and the reordered weights
 are saved to FILE: the step-time, memory and latency benchmarks build both sides from them.
 """
@@ -35,12 +35,13 @@ def main(argv=None):
     import paddle
 
     from benchmarks import workload as W
-    from dynabert.batching import eval_batches, to_tensors
     from dynabert.collectives import SingleProcess
-    from dynabert.evaluation import evaluate
-    from dynabert.importance import compute_importance
-    from dynabert.reorder import reorder_heads_and_neurons
-    from dynabert.train_step import forward, task_loss
+    from dynabert.data.batching import eval_batches, to_tensors
+    from dynabert.model.importance import compute_importance
+    from dynabert.model.outputs import forward
+    from dynabert.model.reorder import reorder_heads_and_neurons
+    from dynabert.train.evaluation import evaluate
+    from dynabert.train.losses import task_loss
 
     paddle.set_device("gpu" if args.device == "gpu" else "cpu")
     sync = paddle.device.cuda.synchronize if args.device == "gpu" else (lambda: None)

@@ -3,7 +3,7 @@
     python -m benchmarks.latency --out DIR [--teacher-state F] [--results-json RUN/results.json] [--smoke]
 
 A supernet is built from the (reordered) MiniLM; every width is cut out with
-``dynabert.export.extract_submodel`` and saved with ``save_exported(..., inference_model=True)`` into a
+``dynabert.model.export.extract_submodel`` and saved with ``save_exported(..., inference_model=True)`` into a
 temporary directory; then ``inference_predictor(path, threads)`` + ``run_predictor`` are timed at batch 1
 and batch 32, sequence length 128 (all tokens real), with a fixed thread count. Each predictor's output
 is checked against the supernet at that width first. With ``--results-json`` (a pipeline run's
@@ -69,7 +69,7 @@ def build_supernet_and_inputs(args):
     import numpy as np
 
     from benchmarks import workload as W
-    from dynabert.supernet import Supernet
+    from dynabert.model.supernet import Supernet
 
     w = W.load_workload(args.smoke, train_limit=64, dev_limit=8)
     state = W.load_state(args.teacher_state) if args.teacher_state else None
@@ -96,10 +96,9 @@ def export_and_check(args, w, sn, inputs, tmp, threads):
     import paddle
 
     from benchmarks import workload as W
-    from dynabert import models
-    from dynabert.export import extract_submodel, inference_predictor, run_predictor, save_exported
+    from dynabert.model.export import extract_submodel, inference_predictor, run_predictor, save_exported
 
-    tokenizer = _tokenizer(w, tmp, models)
+    tokenizer = _tokenizer(w, tmp)
     predictors, rows = {}, []
     first = inputs[batch_sizes(args)[0]]
     check = {k: v[:2] for k, v in first.items()}
@@ -125,7 +124,7 @@ def time_in_rounds(args, predictors, rows, inputs) -> None:
     import time
 
     from benchmarks import workload as W
-    from dynabert.export import run_predictor
+    from dynabert.model.export import run_predictor
 
     for b in batch_sizes(args):
         batch = inputs[b]
@@ -203,9 +202,11 @@ def markdown(result: dict) -> str:
     ])
 
 
-def _tokenizer(w, tmp, models):
+def _tokenizer(w, tmp):
     if w.model_dir:
-        return models.load_tokenizer(w.model_dir)
+        from dynabert.model.pretrained import load_tokenizer
+
+        return load_tokenizer(w.model_dir)
     from paddlenlp.transformers import BertTokenizer
 
     from benchmarks.workload import SMOKE_VOCAB
@@ -222,7 +223,7 @@ def _accuracy(path):
         return None, None
     with open(path) as f:
         res = json.load(f)
-    from dynabert.metrics import main_metric_name
+    from dynabert.data.metrics import main_metric_name
     metric = main_metric_name(res.get("task") or "sst-2")
     out = {}
     for row in res.get("widths") or []:

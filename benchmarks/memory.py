@@ -6,7 +6,7 @@ Each side runs in its own fresh process (the allocator keeps what an earlier pha
 one process cannot be told apart). Resident set from /proc/self/status: VmRSS after the models and the
 optimizer are built, and VmHWM (the peak) after ``--steps`` training steps on the fixed batch, train mode.
 Both sides hold one teacher and one student; on GPU also paddle's max allocated device memory. The
-project's step is ``dynabert.bench_step.CompressStep`` (the compress step and the trainer's Optimization).
+project's step is ``dynabert.train.bench_step.CompressStep`` (the compress step and the trainer's Optimization).
 Writes ``memory_<side>.json``; run_all merges the two into memory.json/.md.
 """
 import argparse
@@ -38,7 +38,7 @@ def main(argv=None):
     import paddle
 
     from benchmarks import workload as W
-    from dynabert.batching import to_tensors
+    from dynabert.data.batching import to_tensors
 
     paddle.set_device("gpu" if args.device == "gpu" else "cpu")
     rss_start = common.rss_bytes()
@@ -48,8 +48,8 @@ def main(argv=None):
     paddle.seed(W.SEED + 1)
 
     if args.side == "project":  # the step dynabert-bench measures: supernet_step + the trainer's Optimization
-        from dynabert.bench_step import CompressStep
         from dynabert.collectives import SingleProcess
+        from dynabert.train.bench_step import CompressStep
 
         project = CompressStep(W.new_teacher(w, state), W.bench_config(args.global_batch), SingleProcess(),
                                regression=False, steps=1000)

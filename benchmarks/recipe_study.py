@@ -33,7 +33,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks import recipe_report as report  # noqa: E402
 from benchmarks.recipe_settings import PROTOCOL, SETTINGS, Setting, parse_define  # noqa: E402
 from benchmarks.run_all import clean_env  # noqa: E402
-from dynabert.data import get_task  # noqa: E402  (no paddle import)
+from dynabert.data.tasks import get_task  # noqa: E402  (no paddle import)
 from dynabert.errors import UserError  # noqa: E402
 from launcher.config import load_config  # noqa: E402
 
@@ -287,8 +287,8 @@ def build_tiny_model(out: str) -> str:
     if not os.path.isdir(path):
         from paddlenlp.transformers import BertTokenizer
 
-        from dynabert.data import builtin_dataset
-        from dynabert.models import save_model, tiny_bert
+        from dynabert.data.sources import builtin_dataset
+        from dynabert.model.pretrained import save_model, tiny_bert
         words = sorted({w for split in ("train", "dev") for e in builtin_dataset("sst-2", split)
                         for w in e.text_a.lower().split()})
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words

@@ -20,10 +20,10 @@ Kept as the tutorial has it:
 
 Minimal fixes, each of which would otherwise CRASH the loop on paddle 2.6.2 / paddleslim 2.6.0:
   FIX-2  (defect 2) SuperLayerNorm.forward unpacks 3 values from a 1-tensor op: every forward raises
-         ValueError. -> ``dynabert.compat.fix_super_layer_norms(student)`` (per instance).
+         ValueError. -> ``dynabert.model.compat.fix_super_layer_norms(student)`` (per instance).
   FIX-10 (defect 10; upstream relies on defect 3) the head count must follow the width, and PaddleSlim
          does that only via its global ``nlp_utils`` patch of MultiHeadAttention (which also drops the
-         1/sqrt(head_dim) scale). We refuse the global patch: ``dynabert.compat.set_attention_heads``
+         1/sqrt(head_dim) scale). We refuse the global patch: ``dynabert.model.compat.set_attention_heads``
          after each ``set_net_config``; without it width 0.75 fails in a reshape.
   FIX-4  (defects 4 and 10) an explicit 2-D float attention mask (1 token / 0 pad) is passed instead of
          the mutable ``attention_mask=[None, None]`` default of the tutorial's ``bert_forward`` patch (which
@@ -49,7 +49,7 @@ from paddleslim.nas.ofa.convert_super import Convert, supernet
 from paddleslim.nas.ofa.utils import dynabert_config
 from paddleslim.nas.ofa.utils import set_state_dict as ofa_set_state_dict
 
-from dynabert import compat
+from dynabert.model import compat
 
 TUTORIAL_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 SYNC = lambda: None  # noqa: E731  (the GPU benchmark sets a device synchronise before each clock read)

@@ -12,14 +12,14 @@ identical student weights before anything runs. In one process run:
    loss terms (rep, logit, loss) and the accumulated (and, with >1 process, averaged) gradients of the two
    sides are compared; then each side takes its optimizer step (this pair doubles as the warm-up and is
    not timed). The project's hidden-state loss averages over real tokens, the tutorial's over every
-   position (dynabert/losses.py), so the two agree only where nothing is padding;
+   position (dynabert/train/losses.py), so the two agree only where nothing is padding;
 2. one untimed train-mode warm-up pair, then alternating A/B repeats (A = project, B = reference), train
    mode (dropout on), on a fixed global batch of real SST-2 rows (random ids in smoke mode) padded to
    --seq-len tokens;
 3. alternating A/B steps on real SST-2 batches with dynamic padding (GlobalBatches, as training uses),
    for samples/s and tokens/s.
 
-Project step = ``dynabert.bench_step.CompressStep``, the step `dynabert-bench` measures: the compress
+Project step = ``dynabert.train.bench_step.CompressStep``, the step `dynabert-bench` measures: the compress
 stage's ``supernet_step``, then the trainer's own ``Optimization`` (one fused gradient all-reduce, the
 finiteness verdict, AdamW with clipping, the schedule), timed by phase. All-reduce calls and bytes are
 read from the counters ``PaddleCollectives`` keeps (zero in one process: there is no all-reduce).
@@ -75,7 +75,7 @@ class Sides:
     comms: object
     sync: Callable[[], None]
     workload: object
-    project: object    # dynabert.bench_step.CompressStep
+    project: object    # dynabert.train.bench_step.CompressStep
     reference: object  # benchmarks.seed_reference.SeedReference
     param_bytes: int
     param_count: int
@@ -106,7 +106,7 @@ def build_sides(args) -> Sides:
     from benchmarks import seed_reference
     from benchmarks import workload as W
     from benchmarks.equivalence import compare_named
-    from dynabert.bench_step import CompressStep, device_sync
+    from dynabert.train.bench_step import CompressStep, device_sync
     from launcher.fleet_setup import init_collectives
 
     if args.device == "gpu" and not paddle.is_compiled_with_cuda():
@@ -139,14 +139,14 @@ def build_sides(args) -> Sides:
 
 def project_timing(phases: Dict[str, float], widths, world: int) -> dict:
     """The PhaseTimer's names in the layout the reference's timing uses."""
-    from dynabert.bench_step import ALL_REDUCE, OPTIMIZER
+    from dynabert.train.bench_step import ALL_REDUCE, OPTIMIZER
     return {"teacher": phases.get("teacher", 0.0), "widths": {str(wd): phases[f"width {wd}"] for wd in widths},
             "allreduce": {"fused": phases[ALL_REDUCE]} if world > 1 else {}, "optimizer": phases[OPTIMIZER]}
 
 
 def ab_pair(ab: Sides, batch, phase: str) -> None:
     """One project step, then one reference step, on the same batch (numpy: each side copies it in)."""
-    from dynabert.batching import to_tensors
+    from dynabert.data.batching import to_tensors
 
     index = ab.project_steps
     ab.project_steps += 1
@@ -162,8 +162,8 @@ def step0equivalence_report(ab: Sides, args) -> dict:
     from benchmarks import seed_reference
     from benchmarks import workload as W
     from benchmarks.equivalence import equivalence_report
-    from dynabert.batching import to_tensors
-    from dynabert.bench_step import OPTIMIZER
+    from dynabert.data.batching import to_tensors
+    from dynabert.train.bench_step import OPTIMIZER
 
     rank, world = ab.comms.rank, ab.comms.world_size
     batch = W.unpadded_batch(ab.workload, args.global_batch, min(EQUIVALENCE_LEN, args.seq_len), rank, world)
@@ -210,7 +210,7 @@ def timed_repeats(ab: Sides, args) -> None:
 def dynamic_steps(ab: Sides, args) -> None:
     """Real batches padded to their longest row (the same batch for A and B)."""
     from benchmarks import workload as W
-    from dynabert.batching import GlobalBatches
+    from dynabert.data.batching import GlobalBatches
 
     w = ab.workload
     batches = GlobalBatches(w.train, args.global_batch, W.SEED, ab.comms.rank, ab.comms.world_size,
@@ -357,7 +357,8 @@ def markdown(res) -> str:
                                   "all-reduce s", "optimizer s", "all-reduces/step", "bytes/step"], rows))
     lines += ["", "Teacher: project once under no_grad; reference inside every width's OFA forward (sum of 4). The "
               "reference's per-width times include its teacher run. Optimizer: project = non-finite guard + AdamW "
-              "with global-norm clipping (as dynabert.trainer.train); reference = AdamW without clipping (PaddleNLP's "
+              "with global-norm clipping (as dynabert.train.loop.train); reference = AdamW without clipping "
+              "(PaddleNLP's "
               "OFA example). All-reduce: including the wait for the slower rank.",
               "", f"**Ratio project/reference (median step): {res['ratio_project_over_reference']:.3f}**; "
               "median of the "

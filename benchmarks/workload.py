@@ -1,8 +1,8 @@
 """What the benchmarks run on, defined once: model, data, fixed batch, widths and loss weights.
 
-Full mode: the real pretrained MiniLM-L6-H384 (``dynabert.models.default_model_dir()``) with a 2-class
+Full mode: the real pretrained MiniLM-L6-H384 (``dynabert.model.pretrained.default_model_dir()``) with a 2-class
 classifier (seeded initialisation) and real SST-2 text from $GLUE_DIR, tokenised with MiniLM's vocabulary.
-Smoke mode: ``dynabert.models.tiny_bert`` and random token ids, so no file is needed.
+Smoke mode: ``dynabert.model.pretrained.tiny_bert`` and random token ids, so no file is needed.
 Import this only after the thread count is fixed (it imports paddle).
 """
 import os
@@ -12,9 +12,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import paddle
 
-from dynabert import models
 from dynabert.config import CompressConfig, Config, OptimConfig, RunConfig
-from dynabert.data import Feature, collate, encode, load_split
+from dynabert.data.features import Feature, collate, encode
+from dynabert.data.sources import load_split
+from dynabert.model import pretrained
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)   # the tutorial's width_mult_list, largest first
 LAMBDA_DISTILL = 0.1              # DistillConfig(lambda_distill=0.1) in the tutorial
@@ -64,8 +65,8 @@ def load_workload(smoke: bool, train_limit: int = 4096, dev_limit: Optional[int]
         rng = np.random.RandomState(SEED)
         return Workload(True, None, _random_features(256, rng, 30), _random_features(64, rng, 30), 0,
                         "random token ids (smoke mode)", max_seq_len)
-    model_dir = models.default_model_dir()
-    tokenizer = models.load_tokenizer(model_dir)
+    model_dir = pretrained.default_model_dir()
+    tokenizer = pretrained.load_tokenizer(model_dir)
     glue_dir = default_glue_dir()
     train, src_train = load_split("sst-2", "train", glue_dir, train_limit, allow_download=False)
     dev, src_dev = load_split("sst-2", "dev", glue_dir, dev_limit, allow_download=False)
@@ -76,9 +77,9 @@ def load_workload(smoke: bool, train_limit: int = 4096, dev_limit: Optional[int]
 def new_teacher(w: Workload, state: Optional[Dict] = None) -> paddle.nn.Layer:
     """A fresh teacher instance (eval mode); ``state`` (e.g. the reordered weights) replaces its weights."""
     if w.smoke:
-        model = models.tiny_bert(num_classes=2, seed=SEED, vocab_size=SMOKE_VOCAB)
+        model = pretrained.tiny_bert(num_classes=2, seed=SEED, vocab_size=SMOKE_VOCAB)
     else:
-        model = models.load_model(w.model_dir, 2, dropout=None, seed=SEED)
+        model = pretrained.load_model(w.model_dir, 2, dropout=None, seed=SEED)
     if state is not None:
         model.set_state_dict(state)
     model.eval()
@@ -102,7 +103,7 @@ def unpadded_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
     """This rank's slice of a global batch WITHOUT padding, for the step-0 equivalence check: training rows
     of at least ``seq_len`` tokens (a seeded draw), each cut to its first ``seq_len - 1`` tokens plus its
     final [SEP]. The project's hidden-state loss averages over real tokens and the tutorial's over every
-    position (dynabert/losses.py); only on a batch without padding are the two the same number."""
+    position (dynabert/train/losses.py); only on a batch without padding are the two the same number."""
     if global_batch % world_size:
         raise ValueError(f"global batch {global_batch} does not divide among {world_size} ranks")
     long_enough = [i for i, f in enumerate(w.train) if len(f.input_ids) >= seq_len]

@@ -49,7 +49,7 @@ class DataConfig:
     # Extra training rows (paths or globs, in the task's train TSV format, e.g. an augmented corpus),
     # appended to the task's training set.
     train_files: Tuple[str, ...] = ()
-    # Where the tokenized corpus cache lives (see dynabert/corpus_cache.py). Default <run.out_dir>/cache;
+    # Where the tokenized corpus cache lives (see dynabert/data/cache.py). Default <run.out_dir>/cache;
     # point runs at one directory (node-local or shared by all nodes) to tokenize a corpus once for all.
     cache_dir: Optional[str] = None
 
@@ -73,7 +73,7 @@ class OptimConfig:
 class CompressConfig:
     widths: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     # DynaBERT's second stage (compress_depth): fractions of the layers to keep, e.g. [1.0, 0.75, 0.5]
-    # (dynabert/depth.py has the rule). (1.0,) turns the stage off.
+    # (dynabert/model/depth.py has the rule). (1.0,) turns the stage off.
     depths: Tuple[float, ...] = (1.0,)
     lambda_distill: float = 0.1
     lambda_logit: float = 0.1
@@ -138,7 +138,7 @@ class RunConfig:
     # A non-finite loss or gradient (seen identically by every rank after the all-reduce): "stop" with
     # exit code 3, or "skip" the update and go on.
     on_nonfinite: str = "stop"
-    # fp32, or fp16 / bf16 mixed precision (GPU only; see dynabert/precision.py).
+    # fp32, or fp16 / bf16 mixed precision (GPU only; see dynabert/train/precision.py).
     precision: str = "fp32"
     # Stop (exit 3) after this many optimizer steps in a row were skipped for non-finite gradients: with
     # on_nonfinite=skip, or under fp16, whose loss scaling skips steps as a matter of course.

@@ -16,20 +16,21 @@ from typing import Optional
 
 from dynabert.collectives import Collectives
 from dynabert.config import Config
+from dynabert.data.metrics import main_metric_name
+from dynabert.data.task_data import data_fingerprint
 from dynabert.io_utils import atomic_write_text
-from dynabert.metrics import main_metric_name
-from dynabert.precision import Precision
-from dynabert.preflight import check_batch_sizes, check_writable
-from dynabert.run_log import RunLog, results_markdown, write_results
-from dynabert.stage_state import stage_done
-from dynabert.stages.common import StageContext, run_stage, tokenizer_of
+from dynabert.model.pretrained import tokenizer_of
+from dynabert.stages.common import StageContext, run_stage
 from dynabert.stages.compress import compress
 from dynabert.stages.compress_depth import compress_depth, depth_on, export_depth
 from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
 from dynabert.stages.select import select
-from dynabert.task_data import data_fingerprint
+from dynabert.train.precision import Precision
+from dynabert.train.preflight import check_batch_sizes, check_writable
+from dynabert.train.run_log import RunLog, results_markdown, write_results
+from dynabert.train.stage_state import stage_done
 
 
 def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional[str] = None) -> dict:

@@ -3,7 +3,7 @@
     dynabert-bench --config my.yaml --world-sizes 1,2,4,8 --steps 20 [--device gpu] [--compare-reference]
 
 For each world size it launches, through the same command builder as ``dynabert-launch``, a worker that
-runs the real compress step (``dynabert/bench_step.py``) on the configured model, widths, batch size and
+runs the real compress step (``dynabert/train/bench_step.py``) on the configured model, widths, batch size and
 sequence lengths: warm-up steps, then ``--steps`` timed ones. Rank 0 writes each world size's records;
 this process (on node 0) turns them into ``<out_dir>/bench/bench.{md,json,png}`` and prints the table.
 Multi-node: run it on every node with the same flags, like ``dynabert-launch``; world size W then runs
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed steps per world size (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--compare-reference", dest="compare_reference", action="store_true",
-                   help="also time the tutorial's loop (benchmarks/seed_reference.py) on the same batches")
+                   help="also time the tutorial's loop (benchmarks/seed_reference.py, in the source checkout only) "
+                   "on the same batches")
     p.add_argument("--data", choices=("auto", "synthetic"), default="auto",
                    help="auto: the config's training data (as training loads it), synthetic rows if it has none")
     p.add_argument("--lengths", help="synthetic rows' token counts: N, or A-B drawn uniformly (default max_seq_len)")
@@ -93,6 +94,14 @@ class Run:
     worker: List[str]  # what follows the interpreter in each worker's command line
 
 
+def check_reference_available(wanted: bool, path: str) -> None:
+    """The tutorial's loop is benchmark code, not part of the installed package (it reproduces upstream's
+    defects on purpose): --compare-reference needs the source checkout it lives in."""
+    if wanted and not os.path.isfile(path):
+        raise UserError(f"--compare-reference needs the source checkout: it times the tutorial's loop in {path}, "
+                        "which an installed dynabert-launcher does not contain; run dynabert-bench from a clone")
+
+
 def plan(args: argparse.Namespace, *, gpu_labels: Optional[Sequence[str]], report_dir: str) -> List[Run]:
     """Every check that can fail, before anything starts; then one launch per world size."""
     from launcher.config import load_config
@@ -102,6 +111,7 @@ def plan(args: argparse.Namespace, *, gpu_labels: Optional[Sequence[str]], repor
                         "(a benchmark keeps no checkpoints)")
     if args.steps < 1 or args.warmup < 0:
         raise UserError(f"--steps {args.steps} --warmup {args.warmup}: need at least 1 timed step, warm-up >= 0")
+    check_reference_available(args.compare_reference, REFERENCE)
     cfg = load_config(args.config, cli.worker_overrides(args))
     sizes = parse_world_sizes(args)
     lengths = parse_lengths(args.lengths, cfg.data.max_seq_len)
@@ -260,8 +270,8 @@ def measure_rank(cfg, comms, args: argparse.Namespace, lengths: Optional[Tuple[i
     and the workload's description."""
     from dataclasses import asdict
 
-    from dynabert import bench_step as B
-    from dynabert.stages.common import model_source
+    from dynabert.model.pretrained import model_source
+    from dynabert.train import bench_step as B
 
     batch, total = cfg.compress.optim.batch_size, args.warmup + args.steps
     sync = B.device_sync()
@@ -295,10 +305,10 @@ def reference_records(cfg, comms, w, state, args, source: str, sync):
     batches, with the same per-step seeds."""
     import paddle
 
-    from dynabert import bench_step as B
-    from dynabert import models
-    from dynabert.batching import to_tensors
-    from dynabert.trainer import step_seed
+    from dynabert.data.batching import to_tensors
+    from dynabert.model import pretrained
+    from dynabert.train import bench_step as B
+    from dynabert.train.loop import step_seed
 
     if bench_report.ROOT not in sys.path:  # benchmarks/ is not installed; it is in the checkout
         sys.path.insert(0, bench_report.ROOT)
@@ -308,7 +318,7 @@ def reference_records(cfg, comms, w, state, args, source: str, sync):
         seed_reference.SYNC = sync  # our own benchmark module: time its phases with the device drained
     opt, total = cfg.compress.optim, args.warmup + args.steps
     ref = seed_reference.SeedReference(
-        lambda: models.load_model(source, w.num_classes, cfg.model.dropout, seed=cfg.run.seed), state,
+        lambda: pretrained.load_model(source, w.num_classes, cfg.model.dropout, seed=cfg.run.seed), state,
         sorted(cfg.compress.widths, reverse=True), cfg.compress.lambda_distill, cfg.compress.lambda_logit,
         comms=comms, learning_rate=opt.learning_rate, total_steps=total, warmup_proportion=opt.warmup_ratio,
         weight_decay=opt.weight_decay)

@@ -78,7 +78,8 @@ def predict(served, sentences, *, batch_size: int, max_seq_len: int):
     """(label names, [(label, scores)]) for each sentence, in order."""
     import numpy as np
 
-    from dynabert.data import Example, encode
+    from dynabert.data.features import encode
+    from dynabert.data.tasks import Example
     from dynabert.deploy.measure import predict_logits
 
     features = encode([Example(a, b, 0) for a, b in sentences], served.tokenizer, max_seq_len)

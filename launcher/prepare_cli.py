@@ -22,9 +22,10 @@ def main(argv=None) -> int:
 
 
 def _prepare(args) -> None:
-    from dynabert.run_log import RunLog
-    from dynabert.stages.common import tokenizer_of
-    from dynabert.stages.prepare import cache_dir, prepare_data
+    from dynabert.data.task_data import cache_dir
+    from dynabert.model.pretrained import tokenizer_of
+    from dynabert.stages.prepare import prepare_data
+    from dynabert.train.run_log import RunLog
     from launcher.config import load_config
 
     cfg = load_config(args.config, args.set)

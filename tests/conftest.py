@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _builtin_vocab():
-    from dynabert.data import builtin_dataset
+    from dynabert.data.sources import builtin_dataset
 
     words = set()
     for split in ("train", "dev"):
@@ -41,7 +41,7 @@ def tiny_model_dir(tmp_path_factory):
     """A directory with a tiny random BERT (2 layers, 4 heads, hidden 16) and a matching vocab."""
     from paddlenlp.transformers import BertTokenizer
 
-    from dynabert.models import save_model, tiny_bert
+    from dynabert.model.pretrained import save_model, tiny_bert
 
     root = tmp_path_factory.mktemp("tiny_model")
     vocab = _builtin_vocab()

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from dynabert.batching import GlobalBatches, eval_batches
-from dynabert.data import Feature
+from dynabert.data.batching import GlobalBatches, eval_batches
+from dynabert.data.features import Feature
 from dynabert.errors import UserError
 
 

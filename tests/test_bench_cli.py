@@ -23,8 +23,8 @@ def _positive(x):
 # the measured step, in-process
 # ------------------------------------------------------------------------------------------------
 def test_breakdown_parts_add_up_to_the_measured_step(tiny_model_dir):
-    from dynabert import bench_step as B
     from dynabert.collectives import SingleProcess
+    from dynabert.train import bench_step as B
     from launcher.config import load_config
 
     cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}"])
@@ -42,7 +42,7 @@ def test_breakdown_parts_add_up_to_the_measured_step(tiny_model_dir):
 
 
 def test_phase_timer_drains_the_device_at_both_ends_of_a_phase():
-    from dynabert.bench_step import PhaseTimer
+    from dynabert.train.bench_step import PhaseTimer
 
     events = []
     timer = PhaseTimer(sync=lambda: events.append("sync"))
@@ -57,7 +57,7 @@ def test_phase_timer_drains_the_device_at_both_ends_of_a_phase():
 
 
 def test_synthetic_rows_follow_the_requested_lengths(tiny_model_dir):
-    from dynabert import bench_step as B
+    from dynabert.train import bench_step as B
     from launcher.config import load_config
 
     cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}"])
@@ -130,6 +130,17 @@ def test_more_gpus_than_the_node_has_is_refused_before_anything_starts(clean_env
     assert err.strip() == ("error: --world-sizes: world size 4 needs 4 GPU(s) per node, but this node has 2 usable "
                            "(0,1)")
     assert not os.path.exists(tmp_path / "bench")
+
+
+def test_compare_reference_outside_a_checkout_says_it_needs_one(clean_env, capsys, tmp_path):
+    # An installed package has no benchmarks/: the flag is refused in one line before anything starts.
+    from launcher import bench
+
+    clean_env.setattr(bench, "REFERENCE", str(tmp_path / "benchmarks" / "seed_reference.py"))
+    code, out, err = _bench(["--config", TINY, "--out_dir", str(tmp_path), "--device", "cpu", "--dry-run",
+                             "--compare-reference"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: --compare-reference needs the source checkout") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,4 +1,4 @@
-"""One test per workaround in dynabert/compat.py (defect numbers of docs/upstream-defects.md).
+"""One test per workaround in dynabert/model/compat.py (defect numbers of docs/upstream-defects.md).
 
 Each test can fail two ways: if the upstream defect disappears (the workaround is no longer needed and
 can be dropped) or if the workaround stops working. Process-global effects (import order, PaddleSlim's
@@ -16,9 +16,9 @@ import paddle.nn.functional as F
 import pytest
 from paddleslim.nas.ofa.layers import SuperLayerNorm
 
-from dynabert import compat
-from dynabert.models import tiny_bert
-from dynabert.supernet import Supernet
+from dynabert.model import compat
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.supernet import Supernet
 from tests.reference_bert import model_weights, numpy_bert_logits, random_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,7 @@ _BEFORE_THEN_NLP_UTILS = """
     import sys
     assert not [m for m in sys.modules if m.split(".")[0] in ("dynabert", "launcher")]
     import paddleslim.nas.ofa.utils.nlp_utils
-    from dynabert import compat
+    from dynabert.model import compat
     print("PATCHES", json.dumps(compat.paddle_patches()))
     try:
         compat.assert_paddle_unpatched()
@@ -210,10 +210,10 @@ _EVERYTHING = """
         for info in pkgutil.iter_modules(pkg.__path__):
             if info.name != "__main__":  # launcher/__main__.py runs the CLI
                 importlib.import_module(pkg.__name__ + "." + info.name)
-    from dynabert import compat
-    from dynabert.models import tiny_bert
-    from dynabert.supernet import Supernet
-    from dynabert.train_step import HiddenStates
+    from dynabert.model import compat
+    from dynabert.model.pretrained import tiny_bert
+    from dynabert.model.supernet import Supernet
+    from dynabert.model.outputs import HiddenStates
     sn = Supernet(tiny_bert(), (1.0, 0.75, 0.5, 0.25))
     HiddenStates(sn.model)
     ids = paddle.to_tensor([[2, 5, 6, 7]])
@@ -264,7 +264,8 @@ def test_project_never_patches_paddle_and_keeps_plain_bert_logits(tmp_path):
     # after importing every project module and building/running a supernet: nothing patched,
     # nlp_utils never imported, the plain model and a plain attention layer compute the same numbers
     loaded = json.loads(_line(after_out, "LOADED"))
-    expected = {"dynabert.supernet", "dynabert.pipeline", "dynabert.export", "launcher.cli", "launcher.worker"}
+    expected = {"dynabert.model.supernet", "dynabert.pipeline", "dynabert.model.export", "launcher.cli",
+                "launcher.worker"}
     assert expected <= set(loaded)
     assert _line(after_out, "NLP_UTILS") == "False"
     assert json.loads(_line(after_out, "PATCHES")) == []
@@ -289,7 +290,7 @@ def test_project_never_patches_paddle_and_keeps_plain_bert_logits(tmp_path):
 
 
 def test_assert_paddle_unpatched_passes_here():
-    # this test process imported dynabert.supernet and paddleslim.nas.ofa but never nlp_utils
+    # this test process imported dynabert.model.supernet and paddleslim.nas.ofa but never nlp_utils
     assert NLP_UTILS not in sys.modules
     assert compat.paddle_patches() == []
     compat.assert_paddle_unpatched()

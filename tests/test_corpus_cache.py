@@ -12,8 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
-from dynabert.corpus_cache import ARRAYS, open_cache, prepare
-from dynabert.data import encode, read_glue_tsv
+from dynabert.data.cache import ARRAYS, open_cache, prepare
+from dynabert.data.features import encode
+from dynabert.data.readers import read_glue_tsv
 from dynabert.errors import UserError
 
 SENTENCES = ["a gripping , funny film .", "Café naïve résumé", "it 's not bad at all", "我爱北京", "the plot",
@@ -22,7 +23,7 @@ SENTENCES = ["a gripping , funny film .", "Café naïve résumé", "it 's not ba
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from dynabert.models import default_model_dir, load_tokenizer
+    from dynabert.model.pretrained import default_model_dir, load_tokenizer
 
     return load_tokenizer(default_model_dir())
 
@@ -152,7 +153,7 @@ def test_other_max_seq_len_rebuilds(tokenizer, tmp_path):
 def test_other_vocabulary_rebuilds(tokenizer, tmp_path):
     from paddlenlp.transformers import BertTokenizer
 
-    from dynabert.models import default_model_dir
+    from dynabert.model.pretrained import default_model_dir
 
     vocab = open(os.path.join(default_model_dir(), "vocab.txt"), encoding="utf-8").read().split("\n")
     film, funny = vocab.index("film"), vocab.index("funny")
@@ -256,7 +257,7 @@ def test_limit_keeps_the_first_rows_over_all_files(tokenizer, tmp_path):
 
 
 def _prepare_in_child(ready, start, lines, result_path, source, cache_dir):
-    from dynabert.models import default_model_dir, load_tokenizer
+    from dynabert.model.pretrained import default_model_dir, load_tokenizer
 
     tokenizer = load_tokenizer(default_model_dir())
     ready.set()

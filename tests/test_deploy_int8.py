@@ -13,12 +13,12 @@ import pytest
 from paddle.base.proto import framework_pb2
 from paddlenlp.transformers import BertTokenizer
 
-from dynabert.data import Feature
+from dynabert.data.features import Feature
 from dynabert.deploy.onnx_export import export_onnx
 from dynabert.deploy.quantize import calibration_batches, onnx_int8, paddle_int8
 from dynabert.deploy.runtime import load_runner, paddle_predictor
-from dynabert.export import run_predictor, save_exported
-from dynabert.models import tiny_bert
+from dynabert.model.export import run_predictor, save_exported
+from dynabert.model.pretrained import tiny_bert
 from tests.reference_bert import random_batch
 
 # Slow for the fast tier (jit.save of each export, paddle2onnx, quantization: 10-20 s on a busy 2-core

@@ -7,9 +7,9 @@ from paddlenlp.transformers import BertTokenizer
 from dynabert.deploy.onnx_export import export_onnx, ort_session, run_session
 from dynabert.deploy.runtime import load_runner
 from dynabert.errors import UserError
-from dynabert.export import extract_submodel, save_exported
-from dynabert.models import tiny_bert
-from dynabert.supernet import Supernet
+from dynabert.model.export import extract_submodel, save_exported
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.supernet import Supernet
 from tests.reference_bert import random_batch
 
 # Slow for the fast tier (jit.save of each export, paddle2onnx, quantization: 10-20 s on a busy 2-core

@@ -7,8 +7,8 @@ import paddle
 import pytest
 
 from dynabert.errors import UserError
-from dynabert.export import load_exported, save_exported
-from dynabert.models import load_model, load_tokenizer
+from dynabert.model.export import load_exported, save_exported
+from dynabert.model.pretrained import load_model, load_tokenizer
 from launcher import predict_cli
 from launcher.predict_cli import read_sentences
 

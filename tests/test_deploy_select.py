@@ -15,9 +15,9 @@ from dynabert.deploy.choose import Constraints
 from dynabert.deploy.select import SelectOptions, select_run
 from dynabert.deploy.serve_dir import load_served
 from dynabert.errors import UserError
-from dynabert.export import extract_submodel, save_exported
-from dynabert.models import tiny_bert
-from dynabert.supernet import Supernet
+from dynabert.model.export import extract_submodel, save_exported
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.supernet import Supernet
 from launcher import select_cli
 from launcher.config import dump_config, load_config
 from tests.conftest import ROOT, _builtin_vocab

@@ -12,17 +12,9 @@ import pytest
 from paddlenlp.transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from dynabert.config import model_fingerprint
-from dynabert.depth import (
-    DepthSupernet,
-    KeptHiddenStates,
-    check_depths,
-    depth_dir_name,
-    depth_step,
-    kept_layers,
-    teacher_hidden_indices,
-)
 from dynabert.errors import UserError
-from dynabert.export import (
+from dynabert.model.depth import DepthSupernet, check_depths, depth_dir_name, kept_layers, teacher_hidden_indices
+from dynabert.model.export import (
     EXPORT_META,
     extract_submodel_at_depth,
     inference_predictor,
@@ -31,8 +23,9 @@ from dynabert.export import (
     run_predictor,
     save_exported,
 )
-from dynabert.supernet import Supernet
-from dynabert.train_step import HiddenStates
+from dynabert.model.outputs import HiddenStates, KeptHiddenStates
+from dynabert.model.supernet import Supernet
+from dynabert.train.step import depth_step
 from tests.reference_bert import model_weights, numpy_bert_forward, random_batch, softmax
 
 LAYERS, HEADS, HIDDEN, FFN = 6, 4, 16, 64

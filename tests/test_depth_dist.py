@@ -41,7 +41,7 @@ def width_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("depth_base")
     vocab = _builtin_vocab()
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    from dynabert.models import save_model
+    from dynabert.model.pretrained import save_model
 
     model_dir = str(root / "model")
     save_model(deep_tiny_bert(layers=4, vocab_size=len(vocab)),
@@ -128,7 +128,7 @@ def test_two_processes_follow_the_one_process_trajectory(one_and_two):
 
 
 def test_export_and_results_table_have_a_row_per_width_and_depth(one_and_two):
-    from dynabert.export import EXPORT_META, load_exported
+    from dynabert.model.export import EXPORT_META, load_exported
 
     one, _, _ = one_and_two
     results = json.load(open(os.path.join(one, "results.json")))

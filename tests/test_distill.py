@@ -1,4 +1,4 @@
-"""Tests for dynabert.train_step.supernet_step and dynabert.losses: distillation from a teacher that runs
+"""Tests for dynabert.train.step.supernet_step and dynabert.train.losses: distillation from a teacher that runs
 once per batch into every width of the supernet.
 
 Models are in eval mode (no dropout) so every number is deterministic; gradients flow the same way.
@@ -9,9 +9,10 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert.models import tiny_bert
-from dynabert.supernet import Supernet
-from dynabert.train_step import HiddenStates, supernet_step
+from dynabert.model.outputs import HiddenStates
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.supernet import Supernet
+from dynabert.train.step import supernet_step
 from tests.reference_bert import model_weights, numpy_bert_forward, random_batch, softmax
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -269,7 +270,7 @@ def test_distillation_ignores_padding(setups):
 
 
 def test_without_padding_the_term_is_the_plain_mse():
-    from dynabert.losses import hidden_state_loss
+    from dynabert.train.losses import hidden_state_loss
 
     rng = np.random.RandomState(0)
     student = [rng.standard_normal((3, 5, 4)).astype(np.float32) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Tests for dynabert.export: extracted sub-models, their saved form and the Paddle inference model."""
+"""Tests for dynabert.model.export: extracted sub-models, their saved form and the Paddle inference model."""
 import json
 import os
 
@@ -7,8 +7,8 @@ import paddle
 import pytest
 from paddlenlp.transformers import BertTokenizer
 
-from dynabert import export
-from dynabert.export import (
+from dynabert.model import export
+from dynabert.model.export import (
     extract_submodel,
     inference_predictor,
     load_exported,
@@ -16,9 +16,9 @@ from dynabert.export import (
     run_predictor,
     save_exported,
 )
-from dynabert.models import tiny_bert
-from dynabert.reorder import reorder_heads_and_neurons
-from dynabert.supernet import Supernet
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.reorder import reorder_heads_and_neurons
+from dynabert.model.supernet import Supernet
 from tests.reference_bert import model_weights, numpy_bert_logits, random_batch
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)

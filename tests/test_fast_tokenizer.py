@@ -7,8 +7,10 @@ import warnings
 
 import pytest
 
-from dynabert.data import Example, encode, read_glue_tsv
-from dynabert.fast_tokenizer import FastBertTokenizer, truncated_lengths
+from dynabert.data.features import encode
+from dynabert.data.readers import read_glue_tsv
+from dynabert.data.tasks import Example
+from dynabert.data.tokenizer import FastBertTokenizer, truncated_lengths
 
 HARD_STRINGS = [
     # empty and whitespace only
@@ -44,7 +46,7 @@ MAX_SEQ_LENS = (3, 4, 5, 8, 16, 64, 512)
 
 @pytest.fixture(scope="module")
 def paddle_tokenizer():
-    from dynabert.models import default_model_dir, load_tokenizer
+    from dynabert.model.pretrained import default_model_dir, load_tokenizer
 
     return load_tokenizer(default_model_dir())
 
@@ -128,7 +130,7 @@ def test_routes_divergent_characters_to_paddlenlp(paddle_tokenizer):
 def test_other_tokenizer_settings_match_paddlenlp(settings):
     from paddlenlp.transformers import BertTokenizer
 
-    from dynabert.models import default_model_dir
+    from dynabert.model.pretrained import default_model_dir
 
     paddle_tokenizer = BertTokenizer(vocab_file=os.path.join(default_model_dir(), "vocab.txt"), **settings)
     fast = FastBertTokenizer(paddle_tokenizer)
@@ -142,7 +144,7 @@ def test_other_tokenizer_settings_match_paddlenlp(settings):
 def test_unmirrored_configuration_encodes_through_paddlenlp():
     from paddlenlp.transformers import BertTokenizer
 
-    from dynabert.models import default_model_dir
+    from dynabert.model.pretrained import default_model_dir
 
     paddle_tokenizer = BertTokenizer(vocab_file=os.path.join(default_model_dir(), "vocab.txt"),
                                      never_split=["don't"])
@@ -156,7 +158,7 @@ def test_unmirrored_configuration_encodes_through_paddlenlp():
 def test_settings_name_what_determines_the_ids(paddle_tokenizer, fast):
     from paddlenlp.transformers import BertTokenizer
 
-    from dynabert.models import default_model_dir
+    from dynabert.model.pretrained import default_model_dir
 
     cased = FastBertTokenizer(BertTokenizer(vocab_file=os.path.join(default_model_dir(), "vocab.txt"),
                                             do_lower_case=False))

@@ -5,7 +5,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynabert.data import TASKS, read_glue_tsv
+from dynabert.data.readers import read_glue_tsv
+from dynabert.data.tasks import TASKS
 from dynabert.errors import UserError
 from launcher.config import load_config
 

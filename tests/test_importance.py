@@ -1,4 +1,4 @@
-"""Tests for dynabert.importance and dynabert.reorder.
+"""Tests for dynabert.model.importance and dynabert.model.reorder.
 
 Importance is checked against derivatives obtained independently, by central finite differences of the
 float64 NumPy reference (tests/reference_bert.py) with a mean cross-entropy loss:
@@ -13,9 +13,9 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from dynabert.importance import compute_importance
-from dynabert.models import tiny_bert
-from dynabert.reorder import importance_order, reorder_heads_and_neurons
+from dynabert.model.importance import compute_importance
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.reorder import importance_order, reorder_heads_and_neurons
 from tests.reference_bert import cross_entropy, model_weights, numpy_bert_logits, random_batch
 
 EPS = 1e-4

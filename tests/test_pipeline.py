@@ -104,10 +104,10 @@ def test_too_little_disk_for_a_checkpoint_is_refused(monkeypatch, tmp_path):
     import collections
     import shutil as sh
 
-    from dynabert import preflight
     from dynabert.collectives import SingleProcess
     from dynabert.errors import UserError
-    from dynabert.models import tiny_bert
+    from dynabert.model.pretrained import tiny_bert
+    from dynabert.train import preflight
     from launcher.config import load_config
 
     usage = collections.namedtuple("usage", "total used free")

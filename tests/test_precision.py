@@ -4,8 +4,8 @@ import paddle
 import pytest
 
 from dynabert.errors import UserError
-from dynabert.models import tiny_bert
-from dynabert.precision import Precision, on_gpu
+from dynabert.model.pretrained import tiny_bert
+from dynabert.train.precision import Precision, on_gpu
 from launcher.config import load_config
 
 

@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from dynabert.batching import GlobalBatches, eval_batches
-from dynabert.data import encode, read_glue_tsv
-from dynabert.models import load_tokenizer
-from dynabert.run_log import RunLog
-from dynabert.stages.prepare import Rows, prepare_data
+from dynabert.data.batching import GlobalBatches, eval_batches
+from dynabert.data.features import encode
+from dynabert.data.readers import read_glue_tsv
+from dynabert.data.task_data import Rows
+from dynabert.model.pretrained import load_tokenizer
+from dynabert.stages.prepare import prepare_data
+from dynabert.train.run_log import RunLog
 from launcher.config import load_config
 from tests.conftest import ROOT
 

@@ -10,8 +10,8 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert.checkpoint import MANIFEST, Checkpointer, Position, latest_checkpoint, list_checkpoints, verify
 from dynabert.errors import UserError
+from dynabert.train.checkpoint import MANIFEST, Checkpointer, Position, latest_checkpoint, list_checkpoints, verify
 from tests.conftest import ROOT, job_report
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -214,8 +214,8 @@ def test_only_the_main_rank_writes(tmp_path):
 def test_explicit_resume_path_loads_that_checkpoint(tmp_path):
     from dynabert.collectives import SingleProcess
     from dynabert.config import model_fingerprint
-    from dynabert.run_log import RunLog
-    from dynabert.stage_state import resume_point
+    from dynabert.train.run_log import RunLog
+    from dynabert.train.stage_state import resume_point
     from launcher.config import load_config
 
     cfg = load_config(TINY, [f"run.out_dir={tmp_path}"])

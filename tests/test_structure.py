@@ -39,3 +39,89 @@ def test_nothing_imports_paddleslims_globally_patching_module():
                  for path, text in _sources(folder) if "nlp_utils" in text and "import" in text
                  and re.search(r"import[^\n]*nlp_utils|from[^\n]*nlp_utils[^\n]*import", text)]
     assert offenders == []
+
+
+# ---- layering: which package of dynabert/ may import which -----------------------------------------------
+# The top-level modules are the vocabulary everyone shares; data flows one way: data -> model -> train ->
+# stages, with deploy beside train (it serves exported models and never trains); the pipeline reads like a
+# table of contents and may import anything.
+TOP = {"config", "errors", "io_utils", "machine", "collectives"}
+MAY_IMPORT = {
+    "top": {"top"},
+    "data": {"top", "data"},
+    "model": {"top", "data", "model"},
+    "train": {"top", "data", "model", "train"},
+    "deploy": {"top", "data", "model", "deploy"},
+    "stages": {"top", "data", "model", "train", "deploy", "stages"},
+    "pipeline": {"top", "data", "model", "train", "deploy", "stages"},
+}
+
+
+def _layer(module: str) -> str:
+    """``dynabert.data.cache`` -> ``data``; ``dynabert.config`` -> ``top``."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] == "__init__":
+        return "top"
+    return "top" if parts[1] in TOP else parts[1]
+
+
+def _module_of(path: str) -> str:
+    name = path[:-3].replace(os.sep, ".")
+    return name[:-len(".__init__")] if name.endswith(".__init__") else name
+
+
+def _dynabert_imports():
+    """(importing module, imported module) for every import of dynabert/ inside dynabert/, lazy ones too.
+    ``from dynabert.data import cache`` names the module ``dynabert.data.cache`` (not the package)."""
+    import ast
+
+    modules = {_module_of(path) for path, _ in _sources("dynabert")}
+    edges = set()
+    for path, text in _sources("dynabert"):
+        source = _module_of(path)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dynabert"):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    edges.add((source, sub if sub in modules else node.module))
+            elif isinstance(node, ast.Import):
+                edges.update((source, a.name) for a in node.names if a.name.startswith("dynabert"))
+    return edges
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    edges = _dynabert_imports()
+    assert len(edges) > 100  # the walk found the imports (a broken walk would pass everything)
+    offenders = sorted(f"{a} imports {b}" for a, b in edges
+                       if b != "dynabert" and _layer(b) not in MAY_IMPORT[_layer(a)])
+    assert offenders == []
+
+
+def test_the_layering_rules_catch_an_upward_import():
+    # The rules themselves: an import from data into model, or from model into train, is refused.
+    assert _layer("dynabert.model.export") not in MAY_IMPORT[_layer("dynabert.data.cache")]
+    assert _layer("dynabert.train.step") not in MAY_IMPORT[_layer("dynabert.model.depth")]
+    assert _layer("dynabert.train.loop") not in MAY_IMPORT[_layer("dynabert.deploy.select")]
+    assert _layer("dynabert.stages.common") not in MAY_IMPORT[_layer("dynabert.train.bench_step")]
+
+
+def test_no_import_cycles_between_modules():
+    edges = _dynabert_imports()
+    graph = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []

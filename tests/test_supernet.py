@@ -1,12 +1,12 @@
-"""Tests for dynabert.supernet: the per-width OFA configs, width validation, and weight separation."""
+"""Tests for dynabert.model.supernet: the per-width OFA configs, width validation, and weight separation."""
 import numpy as np
 import paddle
 import pytest
 from paddleslim.nas.ofa import dynabert_config
 
 from dynabert.errors import UserError
-from dynabert.models import tiny_bert
-from dynabert.supernet import Supernet, check_widths, width_config
+from dynabert.model.pretrained import tiny_bert
+from dynabert.model.supernet import Supernet, check_widths, width_config
 from tests.reference_bert import cross_entropy
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)

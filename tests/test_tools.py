@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert.models import default_model_dir, load_model
+from dynabert.model.pretrained import default_model_dir, load_model
 from tests.conftest import ROOT
 from tools import convert_checkpoint, inspect_data
 

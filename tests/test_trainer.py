@@ -5,17 +5,17 @@ import numpy as np
 import paddle
 import pytest
 
-from dynabert import faults
-from dynabert.batching import GlobalBatches
 from dynabert.collectives import SingleProcess
 from dynabert.config import OptimConfig
-from dynabert.data import Feature
+from dynabert.data.batching import GlobalBatches
+from dynabert.data.features import Feature
 from dynabert.errors import TrainingDiverged, UserError
-from dynabert.models import tiny_bert
-from dynabert.precision import Precision, check_bf16_capability
-from dynabert.run_log import RunLog
-from dynabert.train_step import finetune_step
-from dynabert.trainer import LoopSettings, Optimization, SkipPolicy, train
+from dynabert.model.pretrained import tiny_bert
+from dynabert.train import faults
+from dynabert.train.loop import LoopSettings, Optimization, SkipPolicy, train
+from dynabert.train.precision import Precision, check_bf16_capability
+from dynabert.train.run_log import RunLog
+from dynabert.train.step import finetune_step
 
 FEATURES = [Feature([2, 5 + i % 7, 3], [0, 0, 0], i % 2) for i in range(64)]
 

@@ -19,11 +19,11 @@ def main(argv=None) -> int:
     p.add_argument("--num_classes", type=int, default=2, help="classifier outputs (newly initialised)")
     args = p.parse_args(argv)
     try:
-        from dynabert import models
+        from dynabert.model import pretrained
 
-        source = models.default_model_dir() if args.source == "minilm" else args.source
-        model = models.load_model(source, args.num_classes)
-        models.save_model(model, models.load_tokenizer(source), args.out_dir)
+        source = pretrained.default_model_dir() if args.source == "minilm" else args.source
+        model = pretrained.load_model(source, args.num_classes)
+        pretrained.save_model(model, pretrained.load_tokenizer(source), args.out_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

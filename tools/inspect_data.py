@@ -16,11 +16,13 @@ from dynabert.errors import UserError
 
 
 def describe(task: str, glue_dir, model: str, max_seq_len: int) -> str:
-    from dynabert import models
-    from dynabert.data import encode, get_task, load_split
+    from dynabert.data.features import encode
+    from dynabert.data.sources import load_split
+    from dynabert.data.tasks import get_task
+    from dynabert.model import pretrained
 
     spec = get_task(task)
-    tokenizer = models.load_tokenizer(models.default_model_dir() if model == "minilm" else model)
+    tokenizer = pretrained.load_tokenizer(pretrained.default_model_dir() if model == "minilm" else model)
     lines = []
     for split in ("train",) + spec.dev_splits:
         examples, source = load_split(spec.name, split, glue_dir, allow_download=False)

@@ -6,6 +6,7 @@ the ``dynabert-select`` console command (``launcher/select_cli.py``). ``dynabert
 
     candidates.py   what can be served: sub-models from dynabert_export.json x precision x runtime, their files
     onnx_export.py  paddle2onnx export and the ONNX Runtime session
+    silence.py      quiet C++ code that prints to stdout/stderr (shared by the two below)
     quantize.py     int8 post-training quantization (PaddleSlim for Paddle Inference, onnxruntime.quantization)
     runtime.py      load any candidate's files as batch -> logits
     measure.py      metric on the reported split, latency, the machine
@@ -14,6 +15,7 @@ the ``dynabert-select`` console command (``launcher/select_cli.py``). ``dynabert
     plot.py         metric against latency (PNG)
     serve_dir.py    the ready-to-serve directory (card.json) and loading it back
     select.py       select_run: all of the above in order
+May import the top-level modules, ``data`` and ``model``; nothing from ``train`` or ``stages``.
 """
 
 

@@ -13,8 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from dynabert.deploy.runtime import PRECISIONS, RUNTIMES
 from dynabert.errors import UserError
-from dynabert.export import EXPORT_META, INFERENCE_PREFIX
 from dynabert.io_utils import atomic_write_text
+from dynabert.model.export import EXPORT_META, INFERENCE_PREFIX
 
 
 @dataclass(frozen=True)

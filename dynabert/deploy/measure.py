@@ -3,7 +3,7 @@ machine, and a description of the machine.
 
 Metric: the run's config says the task, the data source (``data.glue_dir`` else ``$GLUE_DIR``, ...), the dev
 split and its limit, and ``max_seq_len``; the split is read and tokenised exactly as the pipeline's export stage
-does (``dynabert.data``), and each candidate's logits over it are scored with ``dynabert.metrics``.
+does (``dynabert.data``), and each candidate's logits over it are scored with ``dynabert.data.metrics``.
 
 Latency: one fixed batch (``batch_size`` x ``seq_len`` random token ids, every position a real token), the
 runners timed in rounds with the order rotated every round, so a slow period of a shared machine hits every
@@ -18,12 +18,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dynabert.batching import eval_batches
 from dynabert.config import Config
-from dynabert.data import encode, get_task, load_split
+from dynabert.data.batching import eval_batches
+from dynabert.data.features import encode
+from dynabert.data.metrics import compute_metrics
+from dynabert.data.sources import load_split
+from dynabert.data.tasks import get_task
 from dynabert.deploy.quantize import INPUT_NAMES
 from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
-from dynabert.metrics import compute_metrics
 
 
 # ------------------------------------------------------------------------------------------------

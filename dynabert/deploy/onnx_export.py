@@ -10,9 +10,9 @@ from typing import Dict
 
 import numpy as np
 
-from dynabert.deploy.runtime import silenced_output
+from dynabert.deploy.silence import silenced_output
 from dynabert.errors import UserError
-from dynabert.export import INFERENCE_PREFIX
+from dynabert.model.export import INFERENCE_PREFIX
 
 OPSET = 14  # what paddle2onnx picks for BERT anyway; ORT 1.23 runs it and its int8 tools accept it
 

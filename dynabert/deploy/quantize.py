@@ -22,10 +22,10 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from dynabert.data import collate
-from dynabert.deploy.runtime import silenced_output
-from dynabert.export import INFERENCE_PREFIX
+from dynabert.data.features import collate
+from dynabert.deploy.silence import silenced_output
 from dynabert.io_utils import atomic_directory
+from dynabert.model.export import INFERENCE_PREFIX
 
 INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 PADDLE_INT8_FILES = ("model.pdmodel", "model.pdiparams")

@@ -9,14 +9,13 @@
 A batch is a dict of ``input_ids``, ``token_type_ids`` (int64) and ``attention_mask`` (float32), each
 ``[batch, seq]``; the result is the logits ``[batch, classes]`` as float32 NumPy.
 """
-import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Dict
 
 import numpy as np
 
+from dynabert.deploy.silence import silenced_output
 from dynabert.errors import UserError
 
 RUNTIMES = ("paddle", "onnxruntime")
@@ -33,27 +32,6 @@ class Runner:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self._run(batch), dtype=np.float32)
-
-
-@contextlib.contextmanager
-def silenced_output(fds=(1,)):
-    """Silence file descriptors (default: 1) for a call into C++ code that prints progress there (paddle2onnx;
-    Paddle's oneDNN int8 passes write a line per op kind to 2). Python's streams are flushed first; errors
-    still arrive as Python exceptions with their messages."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in fds]
-    with open(os.devnull, "w") as null:
-        for fd in fds:
-            os.dup2(null.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in zip(fds, saved):
-                os.dup2(copy, fd)
-                os.close(copy)
 
 
 def available_runtimes() -> Dict[str, str]:

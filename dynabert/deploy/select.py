@@ -84,7 +84,7 @@ def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOpti
         raise UserError(f"--seq-len: {options.seq_len} is longer than the model's "
                         f"{config['max_position_embeddings']} positions")
 
-    from dynabert.models import load_tokenizer
+    from dynabert.model.pretrained import load_tokenizer
     tokenizer = load_tokenizer(models[0].path)
     split = measure.reported_split(cfg, tokenizer)
     log(f"select: {len(candidates)} candidates ({len(models)} sub-models x {', '.join(options.runtimes)} x "

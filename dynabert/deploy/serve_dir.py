@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from dynabert.data import get_task
+from dynabert.data.tasks import get_task
 from dynabert.deploy.candidates import Candidate
 from dynabert.deploy.runtime import Runner, load_runner
 from dynabert.errors import UserError
-from dynabert.export import EXPORT_META
 from dynabert.io_utils import atomic_directory
+from dynabert.model.export import EXPORT_META
 
 CARD = "card.json"
 CARD_FORMAT = "dynabert-served-model/1"
@@ -113,7 +113,7 @@ def _export_card(path: str) -> dict:
 
 def load_served(path: str, *, threads: int = 1) -> Served:
     """A served directory (card.json) or a plain export directory, ready to run."""
-    from dynabert.models import load_tokenizer
+    from dynabert.model.pretrained import load_tokenizer
 
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such model directory")

@@ -9,15 +9,15 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import paddle
 
-from dynabert import models
-from dynabert.checkpoint import Checkpoint
 from dynabert.collectives import Collectives
-from dynabert.config import DEFAULT_MODEL, Config
+from dynabert.config import Config
+from dynabert.data.task_data import TaskData
 from dynabert.errors import UserError
-from dynabert.run_log import RunLog
-from dynabert.stage_state import mark_done, resume_point, stage_done
-from dynabert.task_data import TaskData
-from dynabert.trainer import LoopSettings
+from dynabert.model import pretrained
+from dynabert.train.checkpoint import Checkpoint
+from dynabert.train.loop import LoopSettings
+from dynabert.train.run_log import RunLog
+from dynabert.train.stage_state import mark_done, resume_point, stage_done
 
 
 @dataclass
@@ -58,10 +58,6 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def model_source(name: str) -> str:
-    return models.default_model_dir() if name == DEFAULT_MODEL else name
-
-
 def teacher_source(cfg: Config) -> str:
     """Where the fine-tuned teacher is: the user's, or the one this run's finetune stage wrote."""
     return cfg.model.teacher or os.path.join(cfg.run.out_dir, "teacher")
@@ -86,22 +82,12 @@ def load_teacher(ctx: StageContext):
         source = path
     else:
         comms.decide(check)
-        source = path if comms.is_main else model_source(cfg.model.name_or_path)
-    teacher = models.load_model(source, ctx.data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+        source = path if comms.is_main else pretrained.model_source(cfg.model.name_or_path)
+    teacher = pretrained.load_model(source, ctx.data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
     if not cfg.model.teacher:
         comms.broadcast_parameters(teacher.parameters(), src=0)
     teacher.eval()
     return teacher
-
-
-_TOKENIZERS: Dict[str, object] = {}
-
-
-def tokenizer_of(cfg: Config):
-    source = cfg.model.teacher or model_source(cfg.model.name_or_path)
-    if source not in _TOKENIZERS:
-        _TOKENIZERS[source] = models.load_tokenizer(source)
-    return _TOKENIZERS[source]
 
 
 def width_dir(root: str, width: float) -> str:

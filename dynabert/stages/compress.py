@@ -11,20 +11,24 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from dynabert.batching import eval_batches, to_tensors
-from dynabert.checkpoint import Checkpoint
-from dynabert.export import extract_submodel, save_exported
-from dynabert.importance import compute_importance
-from dynabert.precision import Precision
-from dynabert.preflight import check_free_space, check_vocabulary
-from dynabert.reorder import reorder_heads_and_neurons
-from dynabert.stage_state import checkpointer, resume_from
-from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, tokenizer_of, width_dir
+from dynabert.data.batching import eval_batches, to_tensors
+from dynabert.data.task_data import TaskData
+from dynabert.model.export import extract_submodel, save_exported
+from dynabert.model.importance import compute_importance
+from dynabert.model.outputs import HiddenStates, forward
+from dynabert.model.pretrained import tokenizer_of
+from dynabert.model.reorder import reorder_heads_and_neurons
+from dynabert.model.supernet import Supernet, check_widths
+from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, width_dir
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
-from dynabert.supernet import Supernet, check_widths
-from dynabert.task_data import TaskData, metrics_on
-from dynabert.train_step import HiddenStates, forward, supernet_step, task_loss
-from dynabert.trainer import LoopHooks, train
+from dynabert.train.checkpoint import Checkpoint
+from dynabert.train.evaluation import metrics_on
+from dynabert.train.loop import LoopHooks, train
+from dynabert.train.losses import task_loss
+from dynabert.train.precision import Precision
+from dynabert.train.preflight import check_free_space, check_vocabulary
+from dynabert.train.stage_state import checkpointer, resume_from
+from dynabert.train.step import supernet_step
 
 NAME = "compress"
 

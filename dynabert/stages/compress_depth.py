@@ -1,9 +1,9 @@
 """Stage 2b (``compress_depth``, on when ``compress.depths`` is not [1.0]): DynaBERT's second stage.
 
 The student starts from the width stage's supernet and learns to run with fewer layers too; the teacher
-is a frozen copy of that supernet, at the student's width and full depth (dynabert/depth.py has the layer
+is a frozen copy of that supernet, at the student's width and full depth (dynabert/model/depth.py has the layer
 rule and the pairing, with the original code's line numbers). Every (width, depth) of a batch is trained in
-the same optimizer step: gradients accumulate, one all-reduce (``dynabert.trainer.train``). Checkpoints,
+the same optimizer step: gradients accumulate, one all-reduce (``dynabert.train.loop.train``). Checkpoints,
 exact resume and non-finite handling are the loop's; evaluation is per (width, depth) on the selection
 split, kept as the width stage keeps it (``compress.select``), into ``compress_depth/best/width_W_depth_D``
 (``width_W`` at depth 1.0). ``export_depth`` then exports and reports every (width, depth).
@@ -14,21 +14,23 @@ from typing import List, Optional, Tuple
 
 import paddle
 
-from dynabert.checkpoint import Checkpoint
 from dynabert.config import Config
-from dynabert.depth import DepthSupernet, KeptHiddenStates, depth_dir_name, depth_step
 from dynabert.errors import UserError
-from dynabert.export import EXPORT_META, extract_submodel_at_depth, save_exported
-from dynabert.precision import Precision
-from dynabert.preflight import check_free_space
-from dynabert.stage_state import checkpointer, resume_from
-from dynabert.stages.common import StageContext, describe, load_teacher, tokenizer_of
+from dynabert.model.depth import DepthSupernet, depth_dir_name
+from dynabert.model.export import EXPORT_META, extract_submodel_at_depth, save_exported
+from dynabert.model.outputs import HiddenStates, KeptHiddenStates, forward
+from dynabert.model.pretrained import tokenizer_of
+from dynabert.model.supernet import Supernet
+from dynabert.stages.common import StageContext, describe, load_teacher
 from dynabert.stages.export import load_kept
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
-from dynabert.supernet import Supernet
-from dynabert.task_data import metrics_on
-from dynabert.train_step import HiddenStates, forward
-from dynabert.trainer import LoopHooks, train
+from dynabert.train.checkpoint import Checkpoint
+from dynabert.train.evaluation import metrics_on
+from dynabert.train.loop import LoopHooks, train
+from dynabert.train.precision import Precision
+from dynabert.train.preflight import check_free_space
+from dynabert.train.stage_state import checkpointer, resume_from
+from dynabert.train.step import depth_step
 
 NAME = "compress_depth"
 

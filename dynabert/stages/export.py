@@ -10,7 +10,7 @@ from typing import List
 from paddlenlp.transformers import BertConfig
 
 from dynabert.errors import UserError
-from dynabert.export import (
+from dynabert.model.export import (
     EXPORT_META,
     build_small_model,
     encoder_parameter_count,
@@ -18,9 +18,10 @@ from dynabert.export import (
     parameter_count,
     save_exported,
 )
-from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, tokenizer_of, width_dir
-from dynabert.task_data import metrics_on
-from dynabert.train_step import forward
+from dynabert.model.outputs import forward
+from dynabert.model.pretrained import tokenizer_of
+from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, width_dir
+from dynabert.train.evaluation import metrics_on
 
 
 def teacher_dev_metrics(ctx: StageContext) -> dict:

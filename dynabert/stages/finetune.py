@@ -3,18 +3,20 @@
 Rank 0 keeps the best model by the selection split's metric in ``<out_dir>/teacher``."""
 from typing import Optional
 
-from dynabert import models
-from dynabert.batching import GlobalBatches
-from dynabert.checkpoint import Checkpoint
+from dynabert.data.batching import GlobalBatches
+from dynabert.data.metrics import main_metric_name
 from dynabert.errors import TrainingDiverged
-from dynabert.metrics import main_metric_name
-from dynabert.precision import Precision
-from dynabert.preflight import check_free_space, check_vocabulary
-from dynabert.stage_state import checkpointer, resume_from
-from dynabert.stages.common import StageContext, describe, improves, is_finite, model_source, tokenizer_of
-from dynabert.task_data import metrics_on
-from dynabert.train_step import finetune_step, forward
-from dynabert.trainer import LoopHooks, global_throughput, train
+from dynabert.model import pretrained
+from dynabert.model.outputs import forward
+from dynabert.model.pretrained import model_source, tokenizer_of
+from dynabert.stages.common import StageContext, describe, improves, is_finite
+from dynabert.train.checkpoint import Checkpoint
+from dynabert.train.evaluation import metrics_on
+from dynabert.train.loop import LoopHooks, global_throughput, train
+from dynabert.train.precision import Precision
+from dynabert.train.preflight import check_free_space, check_vocabulary
+from dynabert.train.stage_state import checkpointer, resume_from
+from dynabert.train.step import finetune_step
 
 NAME = "finetune"
 
@@ -25,7 +27,7 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     metric = main_metric_name(data.task)
     teacher_dir = ctx.path("teacher")
     source = model_source(cfg.model.name_or_path)
-    model = models.load_model(source, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+    model = pretrained.load_model(source, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
     tokenizer = tokenizer_of(cfg)
     check_vocabulary(tokenizer, model, source)
     check_free_space(cfg, model, comms)
@@ -42,7 +44,7 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
         log.info(f"finetune eval step {step} ({data.selection_name}): {describe(result)}")
         if improves(result, best["metrics"], metric) and is_finite(model):
             best["metrics"] = {**result, "step": step}
-            comms.run_on_main(lambda: models.save_model(model, tokenizer, teacher_dir))
+            comms.run_on_main(lambda: pretrained.save_model(model, tokenizer, teacher_dir))
 
     batches = GlobalBatches(data.train, cfg.finetune.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                             data.pad_token_id, data.pad_to, key="finetune.batch_size",

@@ -6,11 +6,11 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence
 
 import numpy as np
 
-from dynabert.batching import GlobalBatches
+from dynabert.data.batching import GlobalBatches
+from dynabert.data.metrics import main_metric_name
 from dynabert.io_utils import atomic_paddle_save
-from dynabert.metrics import main_metric_name
 from dynabert.stages.common import StageContext, improves, is_finite
-from dynabert.trainer import TrainResult, global_throughput
+from dynabert.train.loop import TrainResult, global_throughput
 
 
 class BestKeeper:

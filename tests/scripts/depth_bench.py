@@ -3,7 +3,7 @@ model, and the training step of the depth stage against the width stage's on the
 
     python tests/scripts/depth_bench.py --run RUN_DIR --out OUT_DIR [--threads 1] [--min-seconds 4]
 
-Latency: Paddle Inference (``dynabert.export.inference_predictor``, MKLDNN off) on each ``RUN/export/*``
+Latency: Paddle Inference (``dynabert.model.export.inference_predictor``, MKLDNN off) on each ``RUN/export/*``
 at batch 1 and 32, sequence 128, random ids with every position a token (as benchmarks/latency.py);
 models interleaved in rotating rounds so a busy period of the machine hits all of them alike; each
 predictor is first checked against the dynamic-graph model it was exported from.
@@ -39,7 +39,7 @@ def parse_args(argv=None):
 
 
 def exported(run):
-    from dynabert.export import EXPORT_META
+    from dynabert.model.export import EXPORT_META
 
     root = os.path.join(run, "export")
     found = []
@@ -55,7 +55,7 @@ def latency(args):
     import numpy as np
     import paddle
 
-    from dynabert.export import inference_predictor, load_exported, run_predictor
+    from dynabert.model.export import inference_predictor, load_exported, run_predictor
 
     found = exported(args.run)
     with open(os.path.join(args.run, "export", found[0][0], "config.json")) as f:
@@ -107,26 +107,27 @@ def step_time(args):
     import numpy as np
     import paddle
 
-    from dynabert import models
-    from dynabert.batching import GlobalBatches, to_tensors
     from dynabert.collectives import SingleProcess
-    from dynabert.depth import DepthSupernet, KeptHiddenStates, depth_step
-    from dynabert.precision import Precision
-    from dynabert.run_log import RunLog
+    from dynabert.data.batching import GlobalBatches, to_tensors
+    from dynabert.model import pretrained
+    from dynabert.model.depth import DepthSupernet
+    from dynabert.model.outputs import HiddenStates, KeptHiddenStates
+    from dynabert.model.supernet import Supernet
     from dynabert.stages.prepare import prepare_data
-    from dynabert.supernet import Supernet
-    from dynabert.train_step import HiddenStates, supernet_step
-    from dynabert.trainer import Optimization
+    from dynabert.train.loop import Optimization
+    from dynabert.train.precision import Precision
+    from dynabert.train.run_log import RunLog
+    from dynabert.train.step import depth_step, supernet_step
     from launcher.config import load_config
 
     cfg = load_config(os.path.join(args.run, "config.yaml"), [f"run.out_dir={args.run}"])
     ccfg = cfg.compress
-    tokenizer = models.load_tokenizer(os.path.join(args.run, "teacher"))
+    tokenizer = pretrained.load_tokenizer(os.path.join(args.run, "teacher"))
     data = prepare_data(cfg, tokenizer, RunLog(args.run, enabled=False))
     batch = next(iter(GlobalBatches(data.train, ccfg.optim.batch_size, cfg.run.seed, 0, 1, data.pad_token_id,
                                     data.pad_to, group_by_length=cfg.data.group_by_length).epoch(0)))
     tensors = to_tensors(batch)
-    teacher = models.load_model(os.path.join(args.run, "teacher"), data.num_classes, cfg.model.dropout)
+    teacher = pretrained.load_model(os.path.join(args.run, "teacher"), data.num_classes, cfg.model.dropout)
     teacher.eval()
     state = paddle.load(os.path.join(args.run, "compress", "best", "supernet.pdparams"))
     width_sn = Supernet(teacher, ccfg.widths)

@@ -18,16 +18,17 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 import dynabert  # noqa: E402,F401
-from dynabert import models  # noqa: E402
-from dynabert.batching import GlobalBatches  # noqa: E402
-from dynabert.run_log import RunLog  # noqa: E402
+from dynabert.data.batching import GlobalBatches  # noqa: E402
+from dynabert.model import pretrained  # noqa: E402
+from dynabert.model.outputs import HiddenStates, forward
+from dynabert.model.supernet import Supernet  # noqa: E402
 from dynabert.stages.common import seed_everything  # noqa: E402
 from dynabert.stages.compress import importance_and_reorder  # noqa: E402
 from dynabert.stages.prepare import prepare_data  # noqa: E402
-from dynabert.supernet import Supernet  # noqa: E402
-from dynabert.task_data import metrics_on  # noqa: E402
-from dynabert.train_step import HiddenStates, forward, supernet_step  # noqa: E402
-from dynabert.trainer import LoopSettings, losses_to_floats, train  # noqa: E402
+from dynabert.train.evaluation import metrics_on  # noqa: E402
+from dynabert.train.loop import LoopSettings, losses_to_floats, train  # noqa: E402
+from dynabert.train.run_log import RunLog  # noqa: E402
+from dynabert.train.step import supernet_step  # noqa: E402
 from launcher.config import load_config  # noqa: E402
 from launcher.fleet_setup import init_collectives, world_size_from_env  # noqa: E402
 
@@ -55,10 +56,10 @@ def main():
                       [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
     comms = init_collectives()
     log = RunLog(out_dir, enabled=False, rank=comms.rank)
-    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    tokenizer = pretrained.load_tokenizer(cfg.model.name_or_path)
     data = prepare_data(cfg, tokenizer, log)
     seed_everything(cfg.run.seed)
-    teacher = models.load_model(cfg.model.name_or_path, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+    teacher = pretrained.load_model(cfg.model.name_or_path, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)
     if comms.rank == 1:  # make rank 1 different before the broadcast, so the broadcast must do its job
         with paddle.no_grad():
             for p in teacher.parameters():

@@ -21,17 +21,20 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from dynabert import models
-from dynabert.batching import MEGABATCH, GlobalBatches, to_tensors
 from dynabert.collectives import Collectives
 from dynabert.config import Config
-from dynabert.data import Feature, encode, get_task, load_split
+from dynabert.data.batching import MEGABATCH, GlobalBatches, to_tensors
+from dynabert.data.features import Feature, encode
+from dynabert.data.sources import load_split
+from dynabert.data.tasks import get_task
 from dynabert.errors import UserError
-from dynabert.precision import Precision
-from dynabert.stages.common import model_source, tokenizer_of
-from dynabert.supernet import Supernet, check_widths
-from dynabert.train_step import HiddenStates, supernet_step
-from dynabert.trainer import Optimization, step_seed
+from dynabert.model import pretrained
+from dynabert.model.outputs import HiddenStates
+from dynabert.model.pretrained import model_source, tokenizer_of
+from dynabert.model.supernet import Supernet, check_widths
+from dynabert.train.loop import Optimization, step_seed
+from dynabert.train.precision import Precision
+from dynabert.train.step import supernet_step
 
 ALL_REDUCE, OPTIMIZER = "all-reduce", "optimizer"
 
@@ -143,7 +146,7 @@ def global_batches(w: Workload, cfg: Config, comms: Collectives) -> Iterator[Dic
 
 def load_teacher(cfg: Config, w: Workload):
     source = cfg.model.teacher or model_source(cfg.model.name_or_path)
-    teacher = models.load_model(source, w.num_classes, cfg.model.dropout, seed=cfg.run.seed)
+    teacher = pretrained.load_model(source, w.num_classes, cfg.model.dropout, seed=cfg.run.seed)
     teacher.eval()
     check_widths(teacher, cfg.compress.widths)
     return teacher

@@ -1,10 +1,10 @@
 """The width-adaptive supernet: PaddleSlim OFA over a converted copy of the (reordered) teacher.
 
 Width w keeps the first round(w * heads) attention heads and the first int(w * ffn) FFN neurons of
-every transformer block; importance reordering (dynabert/importance.py) puts the important ones first.
+every transformer block; importance reordering (dynabert/model/importance.py) puts the important ones first.
 We use OFA only for what it is good at (the super layers and per-layer expand ratios). Its forward with
 a DistillConfig would run the teacher once per width and outside no_grad (defect 5, docs/upstream-defects.md), so
-the teacher runs separately, once per batch, in dynabert/train_step.py.
+the teacher runs separately, once per batch, in dynabert/train/step.py.
 """
 from typing import Dict, Iterable, List
 
@@ -12,8 +12,8 @@ import paddle
 from paddleslim.nas.ofa import OFA
 from paddleslim.nas.ofa.convert_super import Convert, supernet
 
-from dynabert import compat
 from dynabert.errors import UserError
+from dynabert.model import compat
 
 # Layers whose output width follows the supernet width; all others keep the full size. This is the
 # rule of paddleslim's dynabert_config, written by layer name instead of by position in the layer list

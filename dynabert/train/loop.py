@@ -15,14 +15,14 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import LinearDecayWithWarmup
 
-from dynabert import faults
-from dynabert.batching import GlobalBatches, to_tensors
-from dynabert.checkpoint import Checkpointer, Position
 from dynabert.collectives import Collectives
 from dynabert.config import OptimConfig
+from dynabert.data.batching import GlobalBatches, to_tensors
 from dynabert.errors import TrainingDiverged
-from dynabert.precision import Precision
-from dynabert.run_log import RunLog, progress
+from dynabert.train import faults
+from dynabert.train.checkpoint import Checkpointer, Position
+from dynabert.train.precision import Precision
+from dynabert.train.run_log import RunLog, progress
 
 _NO_DECAY = ("bias", "norm")  # biases and LayerNorm parameters take no weight decay, as in BERT
 

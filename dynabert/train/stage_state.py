@@ -6,7 +6,11 @@ import shutil
 from dataclasses import asdict
 from typing import Optional
 
-from dynabert.checkpoint import (
+from dynabert.collectives import Collectives
+from dynabert.config import Config, model_fingerprint
+from dynabert.errors import UserError
+from dynabert.io_utils import atomic_write_text
+from dynabert.train.checkpoint import (
     Checkpoint,
     Checkpointer,
     LoadedCheckpoint,
@@ -16,12 +20,8 @@ from dynabert.checkpoint import (
     load_checkpoint,
     verify,
 )
-from dynabert.collectives import Collectives
-from dynabert.config import Config, model_fingerprint
-from dynabert.errors import UserError
-from dynabert.io_utils import atomic_write_text
-from dynabert.run_log import RunLog
-from dynabert.trainer import Resume
+from dynabert.train.loop import Resume
+from dynabert.train.run_log import RunLog
 
 
 def _stage_root(cfg: Config, stage: str) -> str:

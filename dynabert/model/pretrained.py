@@ -25,6 +25,7 @@ from paddlenlp.transformers.bert.modeling import BertPretrainedModel
 from paddlenlp.utils.log import logger as _paddlenlp_logger
 
 import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
+from dynabert.config import DEFAULT_MODEL, Config
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
@@ -374,3 +375,17 @@ def save_model(model, tokenizer, out_dir: str) -> None:
                 tokenizer.save_pretrained(tmp)
     except OSError as e:
         raise UserError(f"cannot write model directory {out_dir}: {e}") from None
+
+
+def model_source(name: str) -> str:
+    return default_model_dir() if name == DEFAULT_MODEL else name
+
+
+_TOKENIZERS: dict = {}  # one tokenizer per source per process: loading one reads its vocabulary
+
+
+def tokenizer_of(cfg: Config):
+    source = cfg.model.teacher or model_source(cfg.model.name_or_path)
+    if source not in _TOKENIZERS:
+        _TOKENIZERS[source] = load_tokenizer(source)
+    return _TOKENIZERS[source]

@@ -20,14 +20,12 @@ of the kept blocks (the same layer objects) and puts the full list back at depth
 """
 import contextlib
 import math
-from typing import Callable, ContextManager, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional
 
 import paddle
 
 from dynabert.errors import UserError
-from dynabert.losses import distill_loss
-from dynabert.supernet import Supernet
-from dynabert.train_step import HiddenStates, forward
+from dynabert.model.supernet import Supernet
 
 
 def kept_layers(num_layers: int, depth: float) -> List[int]:
@@ -130,86 +128,3 @@ class DepthSupernet:
     def set_state_dict(self, state):
         with self.at_depth(1.0):
             self.supernet.set_state_dict(state)
-
-
-class KeptHiddenStates(HiddenStates):
-    """HiddenStates that also records which layer produced each output. ``take`` checks they are the
-    embeddings followed by the blocks the encoder holds now (the kept ones at depth < 1) and sets
-    ``ran`` to those blocks' indices in the full model."""
-
-    def __init__(self, model: paddle.nn.Layer):
-        self._sources: List[paddle.nn.Layer] = []
-        self._bert = model.bert
-        self._index = {id(layer): i for i, layer in enumerate(model.bert.encoder.layers)}
-        self.ran: List[int] = []
-        super().__init__(model)  # must see the full depth: it hooks every block
-
-    def _record(self, layer, inputs, output):
-        if self._paused:
-            return
-        self._sources.append(layer)
-        super()._record(layer, inputs, output)
-
-    def take(self) -> List[paddle.Tensor]:
-        expected = [self._bert.embeddings] + list(self._bert.encoder.layers)
-        out, sources = self._outputs, self._sources
-        self._outputs, self._sources = [], []
-        if len(sources) != len(expected) or any(a is not b for a, b in zip(sources, expected)):
-            raise RuntimeError(f"expected the hidden states of the embeddings and {len(expected) - 1} blocks, "
-                               f"captured {len(sources)}")
-        self.ran = [self._index[id(layer)] for layer in sources[1:]]
-        return out
-
-
-def _backward(loss: paddle.Tensor) -> None:
-    loss.backward()
-
-
-_NULL_CONTEXT = contextlib.nullcontext()
-
-
-def loss_key(width: float, depth: float) -> str:
-    """The loss dict key of one sub-network; the loop logs it as ``w{key}/{term}``, e.g. ``w0.5_d0.75/rep``."""
-    return f"{width}_d{depth}"
-
-
-def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher: Supernet,
-               teacher_states: HiddenStates, batch: Dict[str, paddle.Tensor], *, widths: Sequence[float],
-               depths: Sequence[float], lambda_distill: float, lambda_logit: float, regression: bool,
-               lambda_task: float = 0.0, backward: Callable = _backward,
-               phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
-    """Forward and backward of every (width, depth); gradients accumulate, the caller reduces and steps once.
-
-    The teacher (the width supernet, frozen, full depth) runs once per width under no_grad, at that width.
-    The original loops depth then width (run_glue.py L130-145) and runs its teacher per width too
-    (L121-127), but never sets the teacher's width_mult, so its teacher is always the full-width model;
-    we follow the intent (``hidden_max_all[width_idx]``: the teacher at the student's width). Width is the
-    outer loop here so only one teacher output is alive at a time; the accumulated sum is the same.
-    With both distillation weights 0 the teacher does not run (only the labels train)."""
-    phase = phase or (lambda name: _NULL_CONTEXT)
-    distilling = bool(lambda_distill or lambda_logit)
-    teacher_logits = teacher_hidden = None
-    layers = student.shape["layers"]
-    losses = {}
-    try:
-        for width in widths:
-            if distilling:
-                with phase(f"teacher {width}"), paddle.no_grad():
-                    teacher.set_width(width)
-                    teacher_logits = forward(teacher, batch)
-                    teacher_hidden = teacher_states.take()
-            student.set_width(width)
-            for depth in depths:
-                with phase(f"width {width} depth {depth}"):
-                    student.set_depth(depth)
-                    logits = forward(student, batch)
-                    paired = teacher_hidden and [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
-                    terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
-                                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                         lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
-                    backward(terms["loss"])
-                    losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
-    finally:
-        student.set_depth(1.0)
-    return losses

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynabert.data import Feature
+from dynabert.data.features import Feature
 
 TRUNCATION = "longest_first"  # PaddleNLP's default with truncation=True; the only strategy implemented here
 # Code points PaddleNLP's _is_symbol isolates besides Unicode category S* (read in paddlenlp 2.8.1

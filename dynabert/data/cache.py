@@ -39,9 +39,11 @@ from importlib import metadata
 
 import numpy as np
 
-from dynabert.data import Feature, get_task, read_glue_tsv
+from dynabert.data.features import Feature
+from dynabert.data.readers import read_glue_tsv
+from dynabert.data.tasks import get_task
+from dynabert.data.tokenizer import TRUNCATION, FastBertTokenizer
 from dynabert.errors import UserError
-from dynabert.fast_tokenizer import TRUNCATION, FastBertTokenizer
 from dynabert.io_utils import atomic_directory
 
 FORMAT_VERSION = 1

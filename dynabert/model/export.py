@@ -14,10 +14,10 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import BertConfig, BertForSequenceClassification
 
-from dynabert.compat import whole_heads
-from dynabert.depth import kept_layers
 from dynabert.io_utils import atomic_directory
-from dynabert.supernet import Supernet
+from dynabert.model.compat import whole_heads
+from dynabert.model.depth import kept_layers
+from dynabert.model.supernet import Supernet
 
 EXPORT_META = "dynabert_export.json"
 INFERENCE_PREFIX = "inference/model"
@@ -61,7 +61,7 @@ def extract_submodel(supernet: Supernet, width: float) -> BertForSequenceClassif
 
 def extract_submodel_at_depth(supernet, width: float, depth: float) -> BertForSequenceClassification:
     """The (width, depth) sub-network as a plain model with fewer layers: the width's sliced weights of the
-    blocks depth ``depth`` keeps (``dynabert.depth.kept_layers``), renumbered 0..n-1. ``supernet`` is a
+    blocks depth ``depth`` keeps (``dynabert.model.depth.kept_layers``), renumbered 0..n-1. ``supernet`` is a
     Supernet or a DepthSupernet (its state_dict always holds every block)."""
     model = extract_submodel(supernet, width)
     kept = kept_layers(supernet.shape["layers"], depth)

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import numpy as np
 import paddle
 
-from dynabert.data import collate
+from dynabert.data.features import collate
 from dynabert.errors import UserError
 
 

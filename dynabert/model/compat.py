@@ -14,13 +14,13 @@ if the workaround stops working.
    -> we never import it; ``assert_paddle_unpatched`` checks that nobody else did before we build models.
 4. The tutorial's ``bert_forward`` patch has a mutable ``attention_mask=[None, None]`` default.
    -> we never patch BertModel.forward; every call passes an explicit attention mask, and the head mask
-   for importance is applied by a per-instance hook (dynabert/importance.py).
+   for importance is applied by a per-instance hook (dynabert/model/importance.py).
 10. The head count must follow the width; upstream does that only through the global patch of item 3.
    -> ``set_attention_heads`` sets ``num_heads`` on each attention instance of the supernet; Paddle's own
    MultiHeadAttention.forward then reshapes with it and keeps the 1/sqrt(head_dim) scale.
 11. (found here) ``layer_norm``'s gradient with respect to its *input* is wrong on Paddle 2.6.2 (CPU) when
    its weight and bias have stop_gradient=True. -> never freeze LayerNorm parameters while gradients
-   flow through them (dynabert/importance.py freezes other weights to save time, not these).
+   flow through them (dynabert/model/importance.py freezes other weights to save time, not these).
 12. (found here) Every gloo process group after the first rendezvouses on the first one's store keys.
    -> launcher/fleet_setup.py creates the global group alone on gloo (dynabert/ never creates groups).
 """

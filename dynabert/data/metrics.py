@@ -17,7 +17,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 import dynabert  # noqa: F401  (zlib must be loaded before anything imports paddle)
-from dynabert.data import get_task
+from dynabert.data.tasks import get_task
 
 
 def main_metric_name(task) -> str:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Tuple
 import numpy as np
 import paddle
 
-from dynabert.supernet import model_shape
+from dynabert.model.supernet import model_shape
 
 
 def _head_mask_hook(head_mask: paddle.Tensor, layer_index: int, heads: int, head_dim: int):

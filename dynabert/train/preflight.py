@@ -2,11 +2,11 @@
 import os
 import shutil
 
-from dynabert.batching import local_batch_size
-from dynabert.checkpoint import checkpoint_bytes_estimate
 from dynabert.collectives import Collectives
 from dynabert.config import Config
+from dynabert.data.batching import local_batch_size
 from dynabert.errors import UserError
+from dynabert.train.checkpoint import checkpoint_bytes_estimate
 
 
 def check_batch_sizes(cfg: Config, data, world_size: int) -> None:

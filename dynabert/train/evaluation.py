@@ -8,9 +8,11 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import paddle
 
-from dynabert.batching import eval_batches, to_tensors
 from dynabert.collectives import Collectives
-from dynabert.metrics import compute_metrics
+from dynabert.config import Config
+from dynabert.data.batching import eval_batches, to_tensors
+from dynabert.data.metrics import compute_metrics
+from dynabert.data.task_data import TaskData
 
 
 def predict(model_fn: Callable, features: Sequence, batch_size: int, comms: Collectives,
@@ -43,3 +45,9 @@ def evaluate(model_fn: Callable, features: Sequence, task: str, regression: bool
     logits = predict(model_fn, features, batch_size, comms, pad_token_id)
     labels = np.asarray([f.label for f in features])
     return compute_metrics(task, predictions_from_logits(logits, regression), labels)
+
+
+def metrics_on(features: Sequence, model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:
+    """Metrics of ``model_fn(batch) -> logits`` over ``features`` (sharded over ranks, gathered)."""
+    return evaluate(model_fn, features, data.task, data.regression, cfg.run.eval_batch_size, comms,
+                    data.pad_token_id)

@@ -5,7 +5,7 @@ Then a width-w sub-model, which keeps the first heads and neurons, keeps the imp
 import numpy as np
 import paddle
 
-from dynabert.supernet import model_shape
+from dynabert.model.supernet import model_shape
 
 
 def importance_order(importance: np.ndarray) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""What a forward pass gives: the logits of a batch, and the hidden states distillation reads.
+
+Forward post-hooks on the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop firing once
+the model is wrapped (defect 6, docs/upstream-defects.md), these cannot.
+"""
+import contextlib
+from typing import Dict, List
+
+import paddle
+
+
+class HiddenStates:
+    """Records the outputs of the embedding layer and of every transformer block of a BERT, in order.
+
+    Forward post-hooks on the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop
+    firing once the model is wrapped (defect 6, docs/upstream-defects.md), these cannot."""
+
+    def __init__(self, model: paddle.nn.Layer):
+        bert = model.bert
+        self._layers = [bert.embeddings] + list(bert.encoder.layers)
+        self._outputs: List[paddle.Tensor] = []
+        self._paused = False
+        self._hooks = [layer.register_forward_post_hook(self._record) for layer in self._layers]
+
+    def _record(self, layer, inputs, output):
+        if self._paused:
+            return
+        self._outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    def take(self) -> List[paddle.Tensor]:
+        out, self._outputs = self._outputs, []
+        if len(out) != len(self._layers):
+            raise RuntimeError(f"expected {len(self._layers)} hidden states, captured {len(out)}")
+        return out
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Record nothing inside (evaluation needs no hidden states and should not hold them)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def forward(model, batch: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+    return model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                 attention_mask=batch["attention_mask"])
+
+
+class KeptHiddenStates(HiddenStates):
+    """HiddenStates that also records which layer produced each output. ``take`` checks they are the
+    embeddings followed by the blocks the encoder holds now (the kept ones at depth < 1) and sets
+    ``ran`` to those blocks' indices in the full model."""
+
+    def __init__(self, model: paddle.nn.Layer):
+        self._sources: List[paddle.nn.Layer] = []
+        self._bert = model.bert
+        self._index = {id(layer): i for i, layer in enumerate(model.bert.encoder.layers)}
+        self.ran: List[int] = []
+        super().__init__(model)  # must see the full depth: it hooks every block
+
+    def _record(self, layer, inputs, output):
+        if self._paused:
+            return
+        self._sources.append(layer)
+        super()._record(layer, inputs, output)
+
+    def take(self) -> List[paddle.Tensor]:
+        expected = [self._bert.embeddings] + list(self._bert.encoder.layers)
+        out, sources = self._outputs, self._sources
+        self._outputs, self._sources = [], []
+        if len(sources) != len(expected) or any(a is not b for a, b in zip(sources, expected)):
+            raise RuntimeError(f"expected the hidden states of the embeddings and {len(expected) - 1} blocks, "
+                               f"captured {len(sources)}")
+        self.ran = [self._index[id(layer)] for layer in sources[1:]]
+        return out

@@ -1,0 +1,119 @@
+"""One DynaBERT optimisation step's mathematics: teacher once, every width forward+backward.
+
+The depth stage's step (every width at every depth) follows the width stage's. No optimizer, no
+communication, no logging here: the loop (``dynabert/train/loop.py``) owns those.
+"""
+import contextlib
+from typing import Callable, ContextManager, Dict, Optional, Sequence
+
+import paddle
+
+from dynabert.model.depth import DepthSupernet, teacher_hidden_indices
+from dynabert.model.outputs import HiddenStates, KeptHiddenStates, forward
+from dynabert.model.supernet import Supernet
+from dynabert.train.losses import distill_loss, logit_loss, task_loss
+
+
+def _backward(loss: paddle.Tensor) -> None:
+    loss.backward()
+
+
+def finetune_step(model, batch, regression: bool, backward: Callable = _backward) -> Dict[str, paddle.Tensor]:
+    loss = task_loss(forward(model, batch), batch["labels"], regression)
+    backward(loss)
+    return {"loss": loss}
+
+
+def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_states: HiddenStates,
+                  batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
+                  lambda_logit: float, regression: bool, backward: Callable = _backward, *,
+                  phase: Optional[Callable[[str], ContextManager]] = None,
+                  inplace_weight: float = 0.0, lambda_task: float = 0.0) -> Dict[float, Dict[str, paddle.Tensor]]:
+    """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
+
+    The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
+    once-per-width teacher costs ~30% of the step (defect 5, measured in docs/upstream-defects.md).
+    ``phase(name)`` (benchmarks only) wraps each part in a context, "teacher" and "width W", to time it.
+
+    ``inplace_weight`` > 0 adds in-place distillation (slimmable networks' "sandwich rule"): every smaller
+    width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
+    by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels.
+    With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run."""
+    phase = phase or _no_phase
+    teacher_logits = teacher_hidden = None
+    if lambda_distill or lambda_logit:
+        with phase("teacher"), paddle.no_grad():
+            teacher_logits = forward(teacher, batch)
+            teacher_hidden = teacher_states.take()
+    losses = {}
+    full_logits = None
+    for width in (sorted(widths, reverse=True) if inplace_weight else widths):
+        with phase(f"width {width}"):
+            supernet.set_width(width)
+            logits = forward(supernet, batch)
+            terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
+                                 attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
+                                 labels=batch["labels"], lambda_task=lambda_task)
+            if inplace_weight and full_logits is not None:
+                terms["inplace"] = logit_loss(logits, full_logits, regression)
+                terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]
+            elif inplace_weight:
+                full_logits = logits.detach()
+            backward(terms["loss"])  # (scaled under fp16)
+            losses[width] = {k: v.detach() for k, v in terms.items()}
+    return losses
+
+
+_NULL_CONTEXT = contextlib.nullcontext()  # reusable: the default phase costs one call per part
+
+
+def _no_phase(name: str) -> ContextManager:
+    return _NULL_CONTEXT
+
+
+def loss_key(width: float, depth: float) -> str:
+    """The loss dict key of one sub-network; the loop logs it as ``w{key}/{term}``, e.g. ``w0.5_d0.75/rep``."""
+    return f"{width}_d{depth}"
+
+
+def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher: Supernet,
+               teacher_states: HiddenStates, batch: Dict[str, paddle.Tensor], *, widths: Sequence[float],
+               depths: Sequence[float], lambda_distill: float, lambda_logit: float, regression: bool,
+               lambda_task: float = 0.0, backward: Callable = _backward,
+               phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
+    """Forward and backward of every (width, depth); gradients accumulate, the caller reduces and steps once.
+
+    The teacher (the width supernet, frozen, full depth) runs once per width under no_grad, at that width.
+    The original loops depth then width (run_glue.py L130-145) and runs its teacher per width too
+    (L121-127), but never sets the teacher's width_mult, so its teacher is always the full-width model;
+    we follow the intent (``hidden_max_all[width_idx]``: the teacher at the student's width). Width is the
+    outer loop here so only one teacher output is alive at a time; the accumulated sum is the same.
+    With both distillation weights 0 the teacher does not run (only the labels train)."""
+    phase = phase or (lambda name: _NULL_CONTEXT)
+    distilling = bool(lambda_distill or lambda_logit)
+    teacher_logits = teacher_hidden = None
+    layers = student.shape["layers"]
+    losses = {}
+    try:
+        for width in widths:
+            if distilling:
+                with phase(f"teacher {width}"), paddle.no_grad():
+                    teacher.set_width(width)
+                    teacher_logits = forward(teacher, batch)
+                    teacher_hidden = teacher_states.take()
+            student.set_width(width)
+            for depth in depths:
+                with phase(f"width {width} depth {depth}"):
+                    student.set_depth(depth)
+                    logits = forward(student, batch)
+                    paired = teacher_hidden and [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
+                    terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
+                                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                                         lambda_distill=lambda_distill, lambda_logit=lambda_logit,
+                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
+                    backward(terms["loss"])
+                    losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
+    finally:
+        student.set_depth(1.0)
+    return losses
