@@ -120,3 +120,41 @@ def test_fault_spec_parsing(tmp_path, monkeypatch):
         monkeypatch.setenv(faults.ENV, bad)
         with pytest.raises(UserError, match=faults.ENV):
             faults.from_env(0)
+
+
+def test_optimizer_state_resumes_in_a_process_whose_parameters_have_other_names():
+    """Parameter names come from process-global counters: a restarted process that skips a stage builds
+    the same supernet as ``super_embedding_0`` instead of ``super_embedding_1``. The checkpointed
+    optimizer state must still resume it (it failed with 'Optimizer set error, ... should in state dict')."""
+    from dynabert.model.pretrained import tiny_bert
+    from dynabert.model.supernet import Supernet
+
+    def built():
+        sn = Supernet(tiny_bert(seed=0), (1.0, 0.5))
+        opt = Optimization(list(sn.model.named_parameters()), OptimConfig(learning_rate=1e-2, warmup_ratio=0.0),
+                           10, SingleProcess(), Precision("fp32"))
+        return sn, opt
+
+    def step(sn, opt, seed):
+        rng = np.random.RandomState(seed)
+        ids = paddle.to_tensor(rng.randint(5, 60, size=(4, 6)).astype("int64"))
+        zeros, mask = paddle.zeros_like(ids), paddle.ones([4, 6], dtype="float32")
+        paddle.seed(seed)  # the same dropout masks in both models
+        for width in (1.0, 0.5):
+            sn.set_width(width)
+            sn(ids, zeros, mask).sum().backward()
+        assert opt.apply(opt.reduce())
+
+    first, opt1 = built()
+    step(first, opt1, 0)
+    # Host copies, as a checkpoint holds them (the live tensors change with the next step).
+    state = {k: v.numpy() if isinstance(v, paddle.Tensor) else v for k, v in opt1.state_dict().items()}
+    weights = {k: v.numpy() for k, v in first.state_dict().items()}
+    second, opt2 = built()  # the same model, built later in this process: other parameter names
+    assert [p.name for p in second.parameters()] != [p.name for p in first.parameters()]
+    second.set_state_dict(weights)
+    opt2.load_state_dict(state)
+    step(first, opt1, 1)
+    step(second, opt2, 1)  # with the moments restored, the second update is the first one's exactly
+    for (name, a), b in zip(first.model.named_parameters(), second.parameters()):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=name)

@@ -135,6 +135,21 @@ class Optimization:
         self.params = [p for _, p in named_params]
         self.comms, self.precision = comms, precision
         self.optimizer, self.schedule = make_optimizer(named_params, optim, steps)
+        # Paddle keys optimizer state by parameter.name, which comes from process-global counters
+        # (``super_embedding_0.w_0``): a restarted process that skips earlier stages builds the same model
+        # under other names. Checkpoints key it by the parameter's place in the model instead.
+        self._by_structure = {p.name: name for name, p in named_params}
+        self._by_name = {name: p.name for name, p in named_params}
+
+    def state_dict(self) -> dict:
+        """The optimizer's state keyed by structure: ``<structural name>@<accumulator>`` (e.g.
+        ``bert.embeddings.word_embeddings.fn.weight@moment1_0``); the rest (the schedule) as it is."""
+        return _rekey(self.optimizer.state_dict(), self._by_structure, "_", "@")
+
+    def load_state_dict(self, state: dict) -> None:
+        """``state_dict``'s output, from this process or another (older checkpoints, keyed by
+        parameter.name, load as they are)."""
+        self.optimizer.set_state_dict(_rekey(state, self._by_name, "@", "_"))
 
     def reduce(self) -> Optional[paddle.Tensor]:
         """The only gradient communication of the step; returns the fused buffer if one was made."""
@@ -167,7 +182,7 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
                        max_consecutive=settings.max_consecutive_skips, tag=tag)
     pos = Position()
     if resume is not None:
-        opt.optimizer.set_state_dict(resume.optimizer_state)  # moments and the learning-rate schedule
+        opt.load_state_dict(resume.optimizer_state)  # moments and the learning-rate schedule
         precision.load_state_dict(resume.precision_state or {})
         pos = Position(**vars(resume.position))
         log.info(f"{tag}: resuming at step {pos.step} (epoch {pos.epoch}, batch {pos.step_in_epoch})")
@@ -237,12 +252,33 @@ def _checkpoint(saver: Checkpointer, at: Position, *, named_params, opt: Optimiz
     """Rank 0 copies the state to host memory and hands it to a writer thread; the others wait on the
     store meanwhile (waiting for the previous write could outlast gloo's 30 s collective timeout)."""
     saved = comms.run_on_main(lambda: saver.save(
-        at, lambda: _model_state(named_params), opt.optimizer.state_dict,
+        at, lambda: _model_state(named_params), opt.state_dict,
         {**hooks.checkpoint_state(), "precision": precision.state_dict()}))
     if faults.configured():  # a test kills a rank after this checkpoint: it must be on disk by then
         comms.run_on_main(saver.wait)
     if saved:
         log.info(f"{tag}: checkpoint {saved} (writing in the background)")
+
+
+def _rekey(state: dict, names: Dict[str, str], old_sep: str, new_sep: str) -> dict:
+    """Rename every key ``<a><old_sep><accumulator>`` whose ``<a>`` is in ``names`` to
+    ``names[a]<new_sep><accumulator>``; ``master_weights`` (fp16, keyed by name alone) likewise. The longest
+    matching name wins, so ``linear_1.w_0`` never takes ``linear_1.w_0_x``'s state by prefix."""
+    ordered = sorted(names, key=len, reverse=True)
+
+    def rename(key: str) -> str:
+        for name in ordered:
+            if key.startswith(name + old_sep):
+                return names[name] + new_sep + key[len(name) + len(old_sep):]
+        return key
+
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {names.get(k, k): v for k, v in value.items()}
+        else:
+            out[rename(key)] = value
+    return out
 
 
 def _model_state(named_params) -> Dict[str, np.ndarray]:
