@@ -158,3 +158,31 @@ def test_optimizer_state_resumes_in_a_process_whose_parameters_have_other_names(
     step(second, opt2, 1)  # with the moments restored, the second update is the first one's exactly
     for (name, a), b in zip(first.model.named_parameters(), second.parameters()):
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=name)
+
+
+def test_a_checkpoint_at_an_epochs_last_step_holds_that_epochs_evaluation(tmp_path):
+    """With eval_every 0 the evaluation closes each epoch. A checkpoint taken at the epoch's last step
+    must come after it, or a run resumed from that checkpoint skips it and may keep another best."""
+    from dynabert.train.checkpoint import Checkpointer, latest_checkpoint
+    from dynabert.train.loop import LoopHooks, Resume
+
+    def run(evaluated, resume=None):
+        model = tiny_bert(seed=0)
+        saver = Checkpointer(str(tmp_path), every_steps=4, every_minutes=0, keep=5, is_main=True, fingerprint={})
+        hooks = LoopHooks(evaluate=evaluated.append, checkpointer=saver,
+                          checkpoint_state=lambda: {"evaluated": list(evaluated)})
+        batches = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)  # 4 steps an epoch
+        train(lambda b: finetune_step(model, b, regression=False), named_params=list(model.named_parameters()),
+              optim=OptimConfig(epochs=2, batch_size=16, learning_rate=1e-3, eval_every=0), batches=batches,
+              comms=SingleProcess(), log=RunLog("", enabled=False), hooks=hooks, resume=resume,
+              settings=LoopSettings(tag="t", seed=0, log_every=100, show_progress=False))
+
+    straight = []
+    run(straight)
+    assert straight == [4, 8]
+    checkpoint = latest_checkpoint(str(tmp_path), lambda _: None)
+    assert checkpoint.position.step == 4 and checkpoint.position.step_in_epoch == 4
+    assert checkpoint.extra["evaluated"] == [4]  # taken after the epoch's evaluation, not before it
+    resumed = list(checkpoint.extra["evaluated"])
+    run(resumed, Resume(checkpoint.position, checkpoint.optimizer_state()))
+    assert resumed == straight  # every evaluation once, none skipped, none repeated

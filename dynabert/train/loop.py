@@ -220,7 +220,10 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
                 log.info(f"{tag} step {pos.step}/{steps} epoch {pos.epoch} lr {lr:.2e} "
                          + " ".join(f"{k} {v:.4f}" for k, v in sorted(values.items()))
                          + f" | {len(batch['labels']) / elapsed:.1f} samples/s {tokens / elapsed:.0f} tokens/s")
-            if optim.eval_every and pos.step % optim.eval_every == 0:
+            # Evaluate before this step's checkpoint (the epoch's last step too, with eval_every 0), so a
+            # run resumed from that checkpoint never needs the evaluation again and keeps the same best.
+            epoch_end = pos.step_in_epoch == len(batches)
+            if (optim.eval_every and pos.step % optim.eval_every == 0) or (epoch_end and not optim.eval_every):
                 hooks.evaluate(pos.step)
                 last_eval = pos.step
             saver = hooks.checkpointer
@@ -234,9 +237,6 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
         else:  # the epoch ran out (not the step budget): the next one starts from its first batch
             pos.epoch += 1
             pos.step_in_epoch = 0
-            if last_eval != pos.step and not optim.eval_every:
-                hooks.evaluate(pos.step)
-                last_eval = pos.step
     if last_eval != pos.step:
         hooks.evaluate(pos.step)
     if hooks.checkpointer is not None:
