@@ -34,7 +34,8 @@ def test_full_run_writes_every_artifact(full_run):
     for name in ("config.yaml", "metrics.jsonl", "results.json", "results.md", "teacher/model_state.pdparams",
                  "compress/supernet.pdparams"):
         assert os.path.exists(os.path.join(out, name)), name
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
+    for stage in ("finetune", "compress"):  # a TensorBoard run per stage
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard", stage)))
     for w in ("1", "0.75", "0.5", "0.25"):
         export = os.path.join(out, "export", f"width_{w}")
         assert os.path.exists(os.path.join(export, "inference", "model.pdmodel")), w

@@ -46,6 +46,7 @@ def run_stage(ctx: StageContext, name: str, body: Callable[[StageContext, Option
         ctx.log.info(f"{name}: already complete in {ctx.cfg.run.out_dir}")
         return done
     checkpoint = resume_point(ctx.cfg, name, ctx.resume, ctx.comms, ctx.log)
+    ctx.log.start_stage(name, checkpoint.position.step if checkpoint is not None else 0)
     seed_everything(ctx.cfg.run.seed)
     info = body(ctx, checkpoint)
     mark_done(ctx.cfg, name, info, ctx.comms)
