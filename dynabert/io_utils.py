@@ -1,14 +1,22 @@
-"""Writing files so that a crash never leaves a half-written one: temporary name, then rename."""
+"""Writing files so that a crash never leaves a half-written one: temporary name, then rename.
+
+Every temporary name here is ``.<name>.tmp-<suffix>`` (or ``.<name>.old-<suffix>`` for a directory moved
+aside), so what a killed writer leaves behind is recognisable and ``remove_leftovers`` can clear it.
+"""
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+from typing import List, Sequence
+
+_LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[^/]+$")
 
 
 def atomic_write_text(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -26,7 +34,7 @@ def atomic_paddle_save(obj, path: str) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         paddle.save(obj, tmp)
         os.replace(tmp, path)
@@ -64,3 +72,24 @@ def atomic_directory(out_dir: str):
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+
+
+def remove_leftovers(root: str, *, skip: Sequence[str] = ()) -> List[str]:
+    """Remove the temporary files and directories that killed writers left under ``root`` (not below the
+    folders in ``skip``); returns what was removed. Only safe while nothing writes under ``root``: the
+    main rank calls it when a run starts, before any stage writes."""
+    removed = []
+    skipped = {os.path.abspath(p) for p in skip}
+    for folder, dirs, files in os.walk(root):
+        if os.path.abspath(folder) in skipped:
+            dirs[:] = []
+            continue
+        for name in [d for d in dirs if _LEFTOVER.match(d)]:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            dirs.remove(name)
+            removed.append(os.path.join(folder, name))
+        for name in [f for f in files if _LEFTOVER.match(f)]:
+            os.unlink(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+    return sorted(removed)
+

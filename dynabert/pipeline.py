@@ -17,8 +17,8 @@ from typing import Optional
 from dynabert.collectives import Collectives
 from dynabert.config import Config
 from dynabert.data.metrics import main_metric_name
-from dynabert.data.task_data import data_fingerprint
-from dynabert.io_utils import atomic_write_text
+from dynabert.data.task_data import cache_dir, data_fingerprint
+from dynabert.io_utils import atomic_write_text, remove_leftovers
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.stages.common import StageContext, run_stage
 from dynabert.stages.compress import compress
@@ -39,6 +39,11 @@ def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional
     if comms.is_main:
         check_writable(cfg.run.out_dir)  # before anything is written, so a bad path costs nothing
     log = RunLog(cfg.run.out_dir, enabled=comms.is_main, rank=comms.rank)
+    if comms.is_main:
+        # A killed attempt's half-written checkpoint or model (full size, possibly); nothing writes yet.
+        # The corpus cache clears its own, under its lock: it may be shared with other jobs.
+        for path in remove_leftovers(cfg.run.out_dir, skip=[cache_dir(cfg)]):
+            log.info(f"removed {path}: left half-written by an interrupted attempt")
     try:
         return _run(cfg, comms, log, config_text, resume)
     finally:

@@ -206,6 +206,48 @@ def test_keeps_the_last_k_and_never_lists_temporary_dirs(tmp_path):
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step_00000004", "step_00000005"]
 
 
+def test_a_checkpoint_that_would_not_fit_is_skipped_and_the_last_good_ones_stay(tmp_path, monkeypatch):
+    import collections
+
+    from dynabert.train import checkpoint
+
+    lines = []
+    ck = Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=2, is_main=True, fingerprint={},
+                      log=lines.append)
+    _save(ck, 1)
+    _save(ck, 2)
+    ck.wait()
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10))  # 10 bytes free
+    assert _save(ck, 3) is None
+    ck.wait()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step_00000001", "step_00000002"]
+    assert all(verify(p) is None for p in list_checkpoints(str(tmp_path)))
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint at step 3 skipped: it needs")
+
+
+def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    from dynabert.io_utils import atomic_write_text, remove_leftovers
+
+    keep = ["checkpoints/compress/step_00000006/model.pdparams", "teacher/config.json", "results.json",
+            "cache/.sst-2.train.tmp-x/rows.bin", "tmp-notes.txt", ".hidden"]
+    gone = ["checkpoints/compress/.step_00000012.tmp-k2j3/model.pdparams", ".teacher.old-abc/teacher/x",
+            "export/.width_0.5.tmp-9/inference/model.pdmodel", ".results.json.tmp-8f7d", "compress/best/"
+            ".supernet.pdparams.tmp-4242"]
+    for path in keep + gone:
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        (tmp_path / path).write_text("x")
+    atomic_write_text(str(tmp_path / "config.yaml"), "a: 1\n")  # its temporary file is gone once written
+    removed = remove_leftovers(str(tmp_path), skip=[str(tmp_path / "cache")])
+    assert [os.path.relpath(p, tmp_path) for p in removed] == sorted([
+        ".results.json.tmp-8f7d", ".teacher.old-abc", "checkpoints/compress/.step_00000012.tmp-k2j3",
+        "compress/best/.supernet.pdparams.tmp-4242", "export/.width_0.5.tmp-9"])
+    for path in keep + ["config.yaml"]:
+        assert (tmp_path / path).exists(), path
+    for path in gone:
+        assert not (tmp_path / path).exists(), path
+
+
 def test_only_the_main_rank_writes(tmp_path):
     ck = Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=2, is_main=False, fingerprint={})
     assert _save(ck, 1) is None and not os.listdir(tmp_path)

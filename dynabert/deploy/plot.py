@@ -39,7 +39,8 @@ def plot_candidates(rows: Sequence[dict], path: str, *, metric_name: str, title:
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"  # a reader never sees half a PNG
+    # a reader never sees half a PNG; a killed writer's file is a recognisable leftover (io_utils)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}.png")
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, path)

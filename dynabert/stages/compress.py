@@ -105,7 +105,7 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
                              ccfg.lambda_distill, ccfg.lambda_logit, data.regression, precision.backward,
                              inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task)
 
-    saver = checkpointer(cfg, NAME, comms)
+    saver = checkpointer(cfg, NAME, comms, log.info)
     saver.arrays = scores
     supernet.train()
     outcome = train(step_fn, named_params=list(supernet.model.named_parameters()), optim=ccfg.optim,

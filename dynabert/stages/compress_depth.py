@@ -123,7 +123,7 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     student.train()
     outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=training_batches(ctx),
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
-                    hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms),
+                    hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms, log.info),
                                     checkpoint_state=lambda: {"best": keeper.state}),
                     resume=resume_from(checkpoint), precision=precision)
     return finish_training(ctx, NAME, student, outcome, keeper, (student_states, teacher_states))

@@ -51,7 +51,7 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
                             group_by_length=cfg.data.group_by_length)
     model.train()
     precision = Precision(cfg.run.precision)
-    saver = checkpointer(cfg, NAME, comms)
+    saver = checkpointer(cfg, NAME, comms, log.info)
     outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward),
                     named_params=list(model.named_parameters()), optim=cfg.finetune, batches=batches,
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),

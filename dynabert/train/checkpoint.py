@@ -119,8 +119,9 @@ class Checkpointer:
     collective while a large checkpoint is being written."""
 
     def __init__(self, root: str, every_steps: int, every_minutes: float, keep: int, is_main: bool,
-                 fingerprint: dict):
+                 fingerprint: dict, log: Callable[[str], None] = print):
         self.root, self.every_steps, self.every_minutes = root, every_steps, every_minutes
+        self.log = log
         self.keep, self.is_main, self.fingerprint = keep, is_main, fingerprint
         self.arrays: Dict[str, np.ndarray] = {}  # stage data saved with every checkpoint (importance)
         self._last_time = time.monotonic()
@@ -163,6 +164,12 @@ class Checkpointer:
         final = os.path.join(self.root, f"step_{position.step:08d}")
         # Host copies now: training goes on and changes the device tensors in place.
         model, optimizer = _to_host(model_state()), _to_host(optimizer_state())
+        need = int(1.05 * (_nbytes(model) + _nbytes(optimizer) + _nbytes(self.arrays)))  # + manifest, state
+        free = shutil.disk_usage(_existing(self.root)).free
+        if need > free:  # a write that fills the disk would fail mid-way; the last good ones stay
+            self.log(f"warning: checkpoint at step {position.step} skipped: it needs {need / 2**20:.0f} MiB, "
+                     f"{free / 2**20:.0f} MiB free in {self.root}; the last complete checkpoints are kept")
+            return None
         state = {"position": asdict(position), "extra": extra, "fingerprint": self.fingerprint}
         self._writer = threading.Thread(target=self._write, args=(final, model, optimizer, dict(self.arrays), state),
                                         name="checkpoint-writer", daemon=True)
@@ -200,6 +207,19 @@ class Checkpointer:
     def _prune(self) -> None:
         for old in list_checkpoints(self.root)[:-self.keep] if self.keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _nbytes(state) -> int:
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    return int(getattr(state, "nbytes", 0))
+
+
+def _existing(path: str) -> str:
+    """``path`` or its nearest existing parent (the checkpoint root is created by the first write)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def _to_host(state):

@@ -4,7 +4,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict
-from typing import Optional
+from typing import Callable, Optional
 
 from dynabert.collectives import Collectives
 from dynabert.config import Config, model_fingerprint
@@ -28,9 +28,9 @@ def _stage_root(cfg: Config, stage: str) -> str:
     return os.path.join(cfg.run.out_dir, "checkpoints", stage)
 
 
-def checkpointer(cfg: Config, stage: str, comms: Collectives) -> Checkpointer:
+def checkpointer(cfg: Config, stage: str, comms: Collectives, log: Callable[[str], None] = print) -> Checkpointer:
     return Checkpointer(_stage_root(cfg, stage), cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes,
-                        cfg.run.keep_checkpoints, comms.is_main, {**model_fingerprint(cfg), "stage": stage})
+                        cfg.run.keep_checkpoints, comms.is_main, {**model_fingerprint(cfg), "stage": stage}, log)
 
 
 def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collectives,
