@@ -235,3 +235,21 @@ def test_paddlenlp_from_pretrained_cannot_load_an_export(exported):
     model.eval()
     batch = make_batch(seed=4)
     assert not np.allclose(logits_of(model, batch), logits_of(sub, batch), atol=1e-3)
+
+
+def test_export_keeps_only_this_runs_sub_models(tmp_path):
+    """An earlier run in the same out_dir exported width 0.25 and a depth variant; this run exports
+    widths 1 and 0.5: select must not time, score or choose the earlier ones."""
+    from dynabert.stages.export import remove_earlier_exports
+
+    root = tmp_path / "export"
+    for name in ("width_1", "width_0.5", "width_0.25", "width_0.5_depth_0.5"):
+        (root / name).mkdir(parents=True)
+        (root / name / "dynabert_export.json").write_text("{}")
+    lines = []
+    removed = remove_earlier_exports(str(root), ["width_1", "width_0.5"], lines.append)
+    assert removed == ["width_0.25", "width_0.5_depth_0.5"]
+    assert sorted(os.listdir(root)) == ["width_0.5", "width_1"]
+    assert lines == [f"export: removed width_0.25, width_0.5_depth_0.5 from {root}: not this run's sub-models "
+                     "(an earlier run's)"]
+    assert remove_earlier_exports(str(tmp_path / "none"), ["width_1"], lines.append) == [] and len(lines) == 1

@@ -22,7 +22,7 @@ from dynabert.model.outputs import HiddenStates, KeptHiddenStates, forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.model.supernet import Supernet
 from dynabert.stages.common import StageContext, describe, load_teacher
-from dynabert.stages.export import load_kept
+from dynabert.stages.export import load_kept, remove_earlier_exports
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
@@ -134,6 +134,8 @@ def export_depth(ctx: StageContext) -> List[dict]:
     standalone model with fewer layers in ``export/width_W_depth_D`` (``width_W`` at depth 1.0), evaluated
     once on dev. One row per pair, widest then deepest first."""
     widths = sorted(ctx.cfg.export.widths or ctx.cfg.compress.widths, reverse=True)
+    names = [depth_dir_name(w, d) for w in widths for d in ctx.cfg.compress.depths]
+    ctx.comms.run_on_main(lambda: remove_earlier_exports(ctx.path("export"), names, ctx.log.info))
     rows = [export_pair(ctx, width, depth) for width in widths for depth in sorted(ctx.cfg.compress.depths,
                                                                                     reverse=True)]
     ctx.comms.barrier()

@@ -5,7 +5,8 @@ evaluated once. Rank 0 writes ``export/width_W`` (weights, config, vocabulary, P
 """
 import json
 import os
-from typing import List
+import shutil
+from typing import Callable, Iterable, List
 
 from paddlenlp.transformers import BertConfig
 
@@ -51,9 +52,28 @@ def load_kept(ctx: StageContext, source: str, width: float):
     return model
 
 
+def remove_earlier_exports(root: str, names: Iterable[str], log: Callable[[str], None]) -> List[str]:
+    """``root`` (``export/``) keeps only the sub-models this run exports, ``names``: what an earlier run in
+    the same out_dir exported with other widths or depths would otherwise be timed, scored and chosen by
+    ``select`` as if this run had made it. Rank 0 only; returns what was removed."""
+    keep = set(names)
+    removed = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else []) if n not in keep)
+    for name in removed:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    if removed:
+        log(f"export: removed {', '.join(removed)} from {root}: not this run's sub-models (an earlier run's)")
+    return removed
+
+
 def export(ctx: StageContext) -> List[dict]:
     """One row per exported width: its metadata and dev metrics."""
     widths = ctx.cfg.export.widths or ctx.cfg.compress.widths
+    names = [os.path.basename(width_dir("", w)) for w in widths]
+    ctx.comms.run_on_main(lambda: remove_earlier_exports(ctx.path("export"), names, ctx.log.info))
     rows = [export_width(ctx, width) for width in sorted(widths, reverse=True)]
     ctx.comms.barrier()
     return rows
