@@ -19,7 +19,7 @@ from dynabert.config import Config
 from dynabert.data.metrics import main_metric_name
 from dynabert.data.task_data import cache_dir, data_fingerprint
 from dynabert.io_utils import atomic_write_text, remove_leftovers
-from dynabert.model.pretrained import tokenizer_of
+from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.stages.common import StageContext, run_stage
 from dynabert.stages.compress import compress
 from dynabert.stages.compress_depth import compress_depth, depth_on, export_depth
@@ -28,7 +28,7 @@ from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
 from dynabert.stages.select import select
 from dynabert.train.precision import Precision
-from dynabert.train.preflight import check_batch_sizes, check_writable
+from dynabert.train.preflight import check_batch_sizes, check_max_seq_len, check_writable
 from dynabert.train.run_log import RunLog, results_markdown, write_results
 from dynabert.train.stage_state import stage_done
 
@@ -53,6 +53,7 @@ def run(cfg: Config, comms: Collectives, config_text: str = "", resume: Optional
 def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume: Optional[str]) -> dict:
     if comms.is_main and config_text:
         atomic_write_text(os.path.join(cfg.run.out_dir, "config.yaml"), config_text)
+    check_max_seq_len(cfg.data.max_seq_len, cfg.model.teacher or model_source(cfg.model.name_or_path))
     data = prepare_data(cfg, tokenizer_of(cfg), log)
     comms.wait_for_peers("prepare")  # a node may build its corpus cache for minutes: no collective meanwhile
     # Every rank must run the same config (its out_dir may differ: node-local disks) on the same data.

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, TextIO, Tuple
 
 import dynabert  # noqa: F401  (zlib before paddle)
 from dynabert.errors import UserError, run_reporting_errors
+from dynabert.train.preflight import check_max_seq_len
 
 TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("#1 String", "#2 String"),
                 ("question", "sentence"), ("sentence", None), ("text_a", "text_b"), ("text", None))
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     max_seq_len = args.max_seq_len or int(served.card.get("max_seq_len") or 128)
     if max_seq_len < 3:
         raise UserError(f"--max-seq-len: must be >= 3, got {max_seq_len}")
+    check_max_seq_len(max_seq_len, args.model_dir, key="--max-seq-len",
+                      limit=served.card.get("max_position_embeddings"))
     names, results = predict(served, sentences, batch_size=args.batch_size, max_seq_len=max_seq_len)
     text = io.StringIO()
     if names == ["score"]:  # regression: one number per line

@@ -100,3 +100,13 @@ def test_bad_input_exits_2_with_one_line(exported, tmp_path, capsys):
 def test_not_a_model_directory_exits_2(tmp_path, capsys):
     assert predict_cli.main([str(tmp_path)], stdin=io.StringIO("hello\n"), stdout=io.StringIO()) == 2
     assert "neither a served model" in capsys.readouterr().err
+
+
+def test_a_max_seq_len_beyond_the_position_table_exits_2(exported, tmp_path, capsys):
+    # The tiny model has 64 positions: 65 would fail at the first long sentence, with a traceback.
+    out = tmp_path / "never.tsv"
+    code = predict_cli.main([exported, "--max-seq-len", "65", "--output", str(out)], stdin=io.StringIO("hi\n"))
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --max-seq-len: 65 exceeds the model's "
+                                               "max_position_embeddings (64, ")

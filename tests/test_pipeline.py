@@ -119,3 +119,17 @@ def test_too_little_disk_for_a_checkpoint_is_refused(monkeypatch, tmp_path):
     off = load_config(TINY, [f"run.out_dir={tmp_path}", "run.checkpoint_every_steps=0",
                              "run.checkpoint_every_minutes=0"])
     preflight.check_free_space(off, tiny_bert(), SingleProcess())  # no checkpoints, no disk needed
+
+
+def test_a_max_seq_len_beyond_the_position_table_is_refused_before_anything_trains(tiny_model_dir, tmp_path,
+                                                                                     capsys):
+    from launcher import worker
+
+    out = tmp_path / "run"
+    code = worker.main(["--config", TINY, "--set", f"model.name_or_path={tiny_model_dir}", "--set",
+                        f"run.out_dir={out}", "--set", "data.max_seq_len=65"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: data.max_seq_len: 65 exceeds the model's max_position_embeddings (64, "
+                   f"{tiny_model_dir}/config.json); set it to at most 64"]
+    assert not (out / "teacher").exists() and not (out / "cache").exists()

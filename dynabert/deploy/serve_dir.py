@@ -21,6 +21,7 @@ from dynabert.deploy.runtime import Runner, load_runner
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 from dynabert.model.export import EXPORT_META
+from dynabert.model.pretrained import max_positions
 
 CARD = "card.json"
 CARD_FORMAT = "dynabert-served-model/1"
@@ -38,6 +39,7 @@ def card(candidate: Candidate, *, row: dict, split: dict, machine: dict, latency
         "task": spec.name,
         "labels": list(spec.labels) if spec.labels else None,
         "max_seq_len": int(max_seq_len),
+        "max_position_embeddings": max_positions(m.path)[0],  # the longest input it takes (dynabert-predict)
         "metric": {"name": spec.main_metric, "value": float(row["metric"]), "split": split["split"],
                    "examples": len(split["features"]), "all": {k: float(v) for k, v in row["metrics"].items()}},
         "latency": {"median_ms": float(latency["median_ms"]), "p90_ms": float(latency["p90_ms"]),

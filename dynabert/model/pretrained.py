@@ -181,6 +181,25 @@ def _is_hf_dir(d: str) -> bool:
     )
 
 
+def max_positions(name_or_dir: str) -> tuple:
+    """(the model's max_position_embeddings, where it was read) without loading weights; (None, why not)
+    for a model name PaddleNLP does not describe offline."""
+    name_or_dir = os.path.expanduser(name_or_dir)
+    if os.path.isdir(name_or_dir):
+        for name in ("config.json", *PADDLE_CONFIGS):
+            path = os.path.join(name_or_dir, name)
+            if os.path.isfile(path):
+                config = _read_json(path)
+                config = config.get("init_args", [config])[0] if "init_args" in config else config
+                if "max_position_embeddings" in config:
+                    return int(config["max_position_embeddings"]), path
+        return None, f"no max_position_embeddings in {name_or_dir}"
+    builtin = BertPretrainedModel.pretrained_init_configuration.get(name_or_dir)
+    if builtin and "max_position_embeddings" in builtin:
+        return int(builtin["max_position_embeddings"]), f"PaddleNLP's {name_or_dir}"
+    return None, f"{name_or_dir} is not described offline"
+
+
 def load_model(
     name_or_dir: str, num_classes: int, dropout: float | None = None, seed: int = 0
 ) -> BertForSequenceClassification:

@@ -6,6 +6,7 @@ from dynabert.collectives import Collectives
 from dynabert.config import Config
 from dynabert.data.batching import local_batch_size
 from dynabert.errors import UserError
+from dynabert.model.pretrained import max_positions
 from dynabert.train.checkpoint import checkpoint_bytes_estimate
 
 
@@ -50,3 +51,13 @@ def check_vocabulary(tokenizer, model, source: str) -> None:
                         "the vocabulary does not belong to this model")
 
 
+def check_max_seq_len(max_seq_len: int, source: str, *, key: str = "data.max_seq_len", limit=None) -> None:
+    """A sequence longer than the model's position table fails at the first long batch, maybe hours in:
+    refuse it before anything trains. ``limit`` when known (a served model's card), else read from
+    ``source``'s config."""
+    where = source
+    if limit is None:
+        limit, where = max_positions(source)
+    if limit is not None and max_seq_len > limit:
+        raise UserError(f"{key}: {max_seq_len} exceeds the model's max_position_embeddings ({limit}, {where}); "
+                        f"set it to at most {limit}")
