@@ -27,6 +27,7 @@ from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
 from dynabert.stages.select import select
+from dynabert.train import faults
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_batch_sizes, check_max_seq_len, check_writable
 from dynabert.train.run_log import RunLog, results_markdown, write_results
@@ -95,6 +96,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
         if comms.is_main:
             log.info("\n" + markdown)
             write_results(cfg.run.out_dir, {**results, "seconds": timings}, markdown)
+        faults.fire("stage_done", stage="export", rank=comms.rank)  # tests: a kill between export and select
     if "select" in cfg.run.stages:
         results["select"] = timed("select", lambda: select(ctx))
         if comms.is_main and "export" in cfg.run.stages:

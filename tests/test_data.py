@@ -356,7 +356,7 @@ def test_paddlenlp_glue_cache_is_converted(tmp_path, glue_dir):
     cache = tmp_path / "ppnlp" / "datasets" / "Glue" / "SST-2"
     cache.mkdir(parents=True)
     shutil.copy(os.path.join(root, "SST-2", "dev.tsv"), cache / "dev.tsv")
-    script = ("from dynabert import data\n"
+    script = ("from dynabert.data import sources\n"
               "examples, description = sources.load_split('sst-2', 'dev', limit=3)\n"
               "print(description); print(repr(examples[0]))\n")
     env = dict(os.environ, PPNLP_HOME=str(tmp_path / "ppnlp"), GLUE_DIR="",

@@ -4,31 +4,12 @@ point, stage completion) and everything another rank needs reaches it through th
 """
 import json
 import os
-import socket
-import subprocess
-import sys
 
-import numpy as np
-import paddle
 import pytest
 
-from tests.conftest import ROOT
+from tests.jobs import TINY, free_port, job_env, launch, load_params, same_parameters
 
 pytestmark = pytest.mark.dist
-
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
-    env.update(GLUE_DIR="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT, **extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(model_dir, out, *extra):
@@ -36,20 +17,11 @@ def _config(model_dir, out, *extra):
             "--set", "finetune.epochs=1", *extra]
 
 
-def _launch(args, *, nnodes=1, nproc=2, node_rank=0, port=None, restarts=0, env=None):
-    cli = [sys.executable, "-m", "launcher", "--device", "cpu", "--nproc_per_node", str(nproc),
-           "--max_restarts", str(restarts), *args]
-    if nnodes > 1:
-        cli += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master", f"127.0.0.1:{port}",
-                "--host", "127.0.0.1"]
-    return subprocess.Popen(cli, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _two_nodes(model_dir, tmp_path, name, *extra, restarts=0, env=None):
-    port = _free_port()
+    port = free_port()
     outs = [str(tmp_path / f"{name}_node{n}") for n in (0, 1)]
-    procs = [_launch(_config(model_dir, outs[n], *extra), nnodes=2, nproc=1, node_rank=n, port=port,
-                     restarts=restarts, env=env) for n in (0, 1)]
+    procs = [launch(_config(model_dir, outs[n], *extra), nnodes=2, nproc=1, node_rank=n, port=port,
+                    restarts=restarts, env=env) for n in (0, 1)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
@@ -57,20 +29,14 @@ def _two_nodes(model_dir, tmp_path, name, *extra, restarts=0, env=None):
 
 
 def _supernet(out):
-    return {k: v.numpy() for k, v in paddle.load(os.path.join(out, "compress", "supernet.pdparams")).items()}
-
-
-def _same_parameters(a, b, atol=1e-6):
-    assert sorted(a) == sorted(b)
-    for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=atol, err_msg=name)
+    return load_params(os.path.join(out, "compress", "supernet.pdparams"))
 
 
 @pytest.fixture(scope="module")
 def one_node(tiny_model_dir, tmp_path_factory):
     """The whole pipeline on one node with 2 processes: the reference, and a teacher for the kill test."""
     out = str(tmp_path_factory.mktemp("one_node"))
-    proc = _launch(_config(tiny_model_dir, out))
+    proc = launch(_config(tiny_model_dir, out))
     log = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, log[-4000:]
     return out
@@ -83,7 +49,7 @@ def test_two_nodes_without_a_shared_filesystem_match_one_node(tiny_model_dir, on
     assert got["world_size"] == expected["world_size"] == 2
     assert got["widths"] == expected["widths"] and got["teacher"] == expected["teacher"]
     assert got["compress_best"] == expected["compress_best"]
-    _same_parameters(_supernet(one_node), _supernet(node0))
+    same_parameters(_supernet(one_node), _supernet(node0))
     # Node 1 wrote no run files: only rank 0 writes, and node 1 never needed to read them.
     assert not os.path.exists(os.path.join(node1, "teacher")) and not os.path.exists(os.path.join(node1, "compress"))
     assert os.path.isfile(os.path.join(node1, "logs", "node1", "workerlog.0"))
@@ -98,9 +64,9 @@ def test_worker_killed_on_node1_both_nodes_restart_and_match(tiny_model_dir, one
                 "--set", "compress.optim.eval_every=8", "--set", "model.dropout=0.1")
     (straight, _), _ = _two_nodes(tiny_model_dir, tmp_path, "straight", *compress)
     fault = {"DYNABERT_FAULT": f"rank=1,step=13,once={tmp_path / 'fired'}"}
-    (node0, node1), logs = _two_nodes(tiny_model_dir, tmp_path, "killed", *compress, restarts=1, env=_env(**fault))
+    (node0, node1), logs = _two_nodes(tiny_model_dir, tmp_path, "killed", *compress, restarts=1, env=job_env(**fault))
     assert (tmp_path / "fired").read_text().startswith("rank 1 killed itself at step 13")
     assert "restart 1/1" in logs[0] and "restart 1/1" in logs[1], logs
     assert "compress: resuming from" in logs[0] and "step_00000012" in logs[0]
-    _same_parameters(_supernet(straight), _supernet(node0))
+    same_parameters(_supernet(straight), _supernet(node0))
     assert not os.path.isdir(os.path.join(node1, "checkpoints"))  # node 1 resumed from rank 0's checkpoint

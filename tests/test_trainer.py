@@ -111,15 +111,23 @@ def test_bf16_needs_compute_capability_8():
 
 
 def test_fault_spec_parsing(tmp_path, monkeypatch):
+    assert faults.parse_all(f"rank=1,step=13,once={tmp_path / 'f'}") == [
+        faults.Fault(rank=1, step=13, once=str(tmp_path / "f"))]
+    both = faults.parse_all("rank=0,stage=compress,point=checkpoint_write,step=6;"
+                            "rank=1,stage=export,point=model,step=2")
+    assert both == [faults.Fault(rank=0, step=6, stage="compress", point="checkpoint_write"),
+                    faults.Fault(rank=1, step=2, stage="export", point="model")]
+    assert both[0].matches("checkpoint_write", "compress", 6) and not both[0].matches("checkpoint_write", "finetune", 6)
+    assert not both[0].matches("step", "compress", 6) and not both[0].matches("checkpoint_write", "compress", 7)
+    assert faults.Fault(rank=0, step=3).matches("step", "finetune", 3)  # no stage: whichever reaches it
     monkeypatch.setenv(faults.ENV, f"rank=1,step=13,once={tmp_path / 'f'}")
-    assert faults.from_env(0) is None
-    assert faults.from_env(1) == faults.Fault(rank=1, step=13, once=str(tmp_path / "f"))
     (tmp_path / "f").write_text("fired")
-    faults.from_env(1).maybe_fire(13)  # already fired once: no effect (this process is still alive)
-    for bad in ("rank=1", "rank=x,step=2", "rank=1,step=2,when=now"):
+    faults.fire("step", stage="compress", rank=1, step=13)  # already fired once: no effect (still alive)
+    faults.fire("step", stage="compress", rank=0, step=13)  # another rank's fault
+    for bad in ("rank=1", "rank=x,step=2", "rank=1,step=2,when=now", "rank=1,point=step", "rank=1,point=later"):
         monkeypatch.setenv(faults.ENV, bad)
         with pytest.raises(UserError, match=faults.ENV):
-            faults.from_env(0)
+            faults.fire("stage_done", stage="compress", rank=0)
 
 
 def test_optimizer_state_resumes_in_a_process_whose_parameters_have_other_names():

@@ -14,6 +14,7 @@ from dynabert.config import Config
 from dynabert.data.task_data import TaskData
 from dynabert.errors import UserError
 from dynabert.model import pretrained
+from dynabert.train import faults
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.loop import LoopSettings
 from dynabert.train.run_log import RunLog
@@ -50,6 +51,7 @@ def run_stage(ctx: StageContext, name: str, body: Callable[[StageContext, Option
     seed_everything(ctx.cfg.run.seed)
     info = body(ctx, checkpoint)
     mark_done(ctx.cfg, name, info, ctx.comms)
+    faults.fire("stage_done", stage=name, rank=ctx.comms.rank)  # tests: a kill between two stages
     return info
 
 

@@ -24,6 +24,7 @@ from dynabert.model.supernet import Supernet
 from dynabert.stages.common import StageContext, describe, load_teacher
 from dynabert.stages.export import load_kept, remove_earlier_exports
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
+from dynabert.train import faults
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
 from dynabert.train.loop import LoopHooks, train
@@ -136,8 +137,11 @@ def export_depth(ctx: StageContext) -> List[dict]:
     widths = sorted(ctx.cfg.export.widths or ctx.cfg.compress.widths, reverse=True)
     names = [depth_dir_name(w, d) for w in widths for d in ctx.cfg.compress.depths]
     ctx.comms.run_on_main(lambda: remove_earlier_exports(ctx.path("export"), names, ctx.log.info))
-    rows = [export_pair(ctx, width, depth) for width in widths for depth in sorted(ctx.cfg.compress.depths,
-                                                                                    reverse=True)]
+    rows = []
+    for width in widths:
+        for depth in sorted(ctx.cfg.compress.depths, reverse=True):
+            rows.append(export_pair(ctx, width, depth))
+            faults.fire("model", stage="export", rank=ctx.comms.rank, step=len(rows))  # tests: a kill mid-export
     ctx.comms.barrier()
     return rows
 

@@ -22,6 +22,7 @@ from dynabert.model.export import (
 from dynabert.model.outputs import forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, width_dir
+from dynabert.train import faults
 from dynabert.train.evaluation import metrics_on
 
 
@@ -74,7 +75,10 @@ def export(ctx: StageContext) -> List[dict]:
     widths = ctx.cfg.export.widths or ctx.cfg.compress.widths
     names = [os.path.basename(width_dir("", w)) for w in widths]
     ctx.comms.run_on_main(lambda: remove_earlier_exports(ctx.path("export"), names, ctx.log.info))
-    rows = [export_width(ctx, width) for width in sorted(widths, reverse=True)]
+    rows = []
+    for width in sorted(widths, reverse=True):
+        rows.append(export_width(ctx, width))
+        faults.fire("model", stage="export", rank=ctx.comms.rank, step=len(rows))  # tests: a kill mid-export
     ctx.comms.barrier()
     return rows
 

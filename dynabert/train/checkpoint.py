@@ -196,6 +196,8 @@ class Checkpointer:
                     json.dump(state, f, indent=2)
                 if self._slow_write is not None:  # tests: a slow filesystem, while the ranks train on
                     self._slow_write.hold(state["position"]["step"], lambda: self._step)
+                faults.fire("checkpoint_write", stage=self.fingerprint.get("stage", ""), rank=0,
+                            step=state["position"]["step"])  # tests: a kill before the manifest
                 files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
                          for n in sorted(os.listdir(tmp))}
                 with open(os.path.join(tmp, MANIFEST), "w") as f:  # last: its presence means complete

@@ -186,7 +186,6 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
         precision.load_state_dict(resume.precision_state or {})
         pos = Position(**vars(resume.position))
         log.info(f"{tag}: resuming at step {pos.step} (epoch {pos.epoch}, batch {pos.step_in_epoch})")
-    fault = faults.from_env(comms.rank)
     result = TrainResult(steps=steps)
     bar = progress(range(pos.step, steps), settings.show_progress and comms.is_main, desc=tag)
     bar_iter = iter(bar)
@@ -230,8 +229,7 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
             if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step, comms):
                 _checkpoint(saver, Position(**vars(pos)), named_params=named_params, opt=opt, hooks=hooks,
                             precision=precision, comms=comms, log=log, tag=tag)
-            if fault is not None:
-                fault.maybe_fire(pos.step)
+            faults.fire("step", stage=tag, rank=comms.rank, step=pos.step)
             if pos.step >= steps:
                 break
         else:  # the epoch ran out (not the step budget): the next one starts from its first batch
