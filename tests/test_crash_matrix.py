@@ -88,13 +88,16 @@ def straight(tiny_model_dir, tmp_path_factory):
 
 
 def _results(out, *, select=True):
-    """results.json without what is measured rather than computed (timings, throughput, latency)."""
+    """results.json without what is measured rather than computed (timings, throughput, latency), and
+    select's candidates' metrics with the chosen one's (ties between equally accurate candidates are broken
+    by measured latency, so the chosen name may differ; its metric may not)."""
     results = json.load(open(os.path.join(out, "results.json")))
-    for key in ("seconds", "throughput"):
-        results.pop(key)
-    chosen = results.pop("select", {}).get("chosen") if select else results.pop("select", None)
-    if chosen is not None:  # with no constraints the most accurate candidate is chosen: its metric is exact
-        results["select_metric"] = chosen["metric"]
+    for key in ("seconds", "throughput", "select"):
+        results.pop(key, None)
+    if select:
+        table = json.load(open(os.path.join(out, "select", "candidates.json")))
+        metrics = {row["name"]: row["metric"] for row in table["rows"]}
+        results["select"] = {"metrics": metrics, "chosen": metrics[table["chosen"]]}
     return results
 
 
