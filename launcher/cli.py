@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, TextIO
 
-from dynabert.errors import UserError
+from dynabert.errors import TrainingDiverged, UserError
 from launcher.gpu_probe import gpu_labels_for, wants_gpus
 from launcher.launch_cmd import (
     EXIT_COLLECTIVE_TIMEOUT,
@@ -49,6 +49,14 @@ STOP_GRACE_S = 10  # after SIGTERM, how long the launcher gets to stop its worke
 # controller.py: logger.error(f"Container failed !!!\n{container}"); Container.__str__ is
 # "Container rank {rank} status {status} cmd {cmd} code {code} log {errfile} \nenv {env}".
 _FAILED_RE = re.compile(r"^Container rank (\d+) status failed cmd .* code (-?\d+) log (.*?)\s*$")
+
+# Worker exit codes that a restart cannot get past, and why: the next attempt reads the same input, or resumes
+# from the same checkpoint with the same data order and diverges at the same step.
+NOT_RESTARTED = {
+    UserError.exit_code: "bad input; not restarted: the next attempt would read the same input",
+    TrainingDiverged.exit_code: "training diverged; not restarted: it would resume from the same checkpoint and"
+                                " diverge again (see run.on_nonfinite)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    " --nproc_per_node says otherwise; cpu: gloo; auto (default): one process (or --nproc_per_node)"
                    " on the first GPU if Paddle sees one, else on the CPU; CPU when CUDA_VISIBLE_DEVICES is empty")
     p.add_argument("--max_restarts", type=int, default=0,
-                   help="relaunch the whole job up to this many times after a failure, with --resume auto")
+                   help="relaunch the whole job up to this many times after a failure, with --resume auto (never"
+                   " after exit code 2, bad input, or 3, training diverged)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the command and environment changes")
     # Not for users: a module name or a .py path to run instead of the real worker (tests use a fake one).
     p.add_argument("--worker", default=DEFAULT_WORKER, help=argparse.SUPPRESS)
@@ -153,12 +162,14 @@ class JobResult:
             return min(128 - code, 255)
         return code if 0 < code < 256 else 1
 
-    def explain(self, opts: LaunchOptions) -> str:
+    def explain(self, opts: LaunchOptions, why: str = "") -> str:
+        """One line about the failure; ``why``: what the exit code means and why the job was not restarted."""
         if self.failed_rank is not None and self.failed_code == EXIT_COLLECTIVE_TIMEOUT:
             return (f"{self.rank_text(opts)} stopped waiting in a collective (exit code {self.failed_code}): a rank"
                     f" {'on another node ' if opts.nnodes > 1 else ''}has probably died (see {self.log_path(opts)})")
         if self.failed_rank is not None:
-            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} (see {self.log_path(opts)})"
+            why = f"{why}; " if why else ""
+            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} ({why}see {self.log_path(opts)})"
         if opts.nnodes > 1:
             return (f"the job stopped (Paddle launcher exit code {self.returncode}) with no failed rank on this"
                     f" node; a rank on another node may have failed (logs: {opts.log_dir})")
@@ -288,9 +299,9 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if result.returncode == 0:
             return 0
         status = result.exit_status()
-        if attempt == opts.max_restarts or status == UserError.exit_code:
-            # A worker's UserError (exit 2) is a problem with the input: restarting cannot fix it.
-            print(f"error: {result.explain(opts)}", file=err, flush=True)
+        why = NOT_RESTARTED.get(status, "") if attempt < opts.max_restarts else ""
+        if attempt == opts.max_restarts or why:
+            print(f"error: {result.explain(opts, why)}", file=err, flush=True)
             return status
         what = (f"{result.rank_text(opts)} failed (see {result.log_path(opts)})"
                 if result.failed_rank is not None and result.failed_code != EXIT_COLLECTIVE_TIMEOUT
