@@ -97,9 +97,10 @@ def plan(args: argparse.Namespace, *, gpu_labels: Optional[Sequence[str]], repor
     """Every check that can fail, before anything starts; then one launch per world size."""
     from launcher.config import load_config
 
-    if args.resume or args.max_restarts:
-        raise UserError(f"{'--resume' if args.resume else '--max_restarts'}: not a dynabert-bench flag "
-                        "(a benchmark keeps no checkpoints)")
+    for flag, given in (("--resume", args.resume), ("--max_restarts", args.max_restarts),
+                        ("--overwrite", args.overwrite)):
+        if given:
+            raise UserError(f"{flag}: not a dynabert-bench flag (a benchmark keeps no checkpoints)")
     if args.steps < 1 or args.warmup < 0:
         raise UserError(f"--steps {args.steps} --warmup {args.warmup}: need at least 1 timed step, warm-up >= 0")
     cfg = load_config(args.config, cli.worker_overrides(args))

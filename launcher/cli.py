@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, TextIO
 
 from dynabert.errors import TrainingDiverged, UserError
+from launcher import run_dir
 from launcher.gpu_probe import gpu_labels_for, wants_gpus
 from launcher.launch_cmd import (
     EXIT_COLLECTIVE_TIMEOUT,
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="A.B=V", help="config override (repeatable)")
     p.add_argument("--out_dir", help="run output directory (becomes --set run.out_dir=...; logs go to OUT_DIR/logs)")
     p.add_argument("--resume", help="auto, or a checkpoint path (passed to the worker)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that holds an earlier run: its outputs are deleted first"
+                   " (without it, such a start is refused). First attempt only: restarts resume")
     p.add_argument("--nproc_per_node", type=int,
                    help="processes on this node (default: number of --devices; --device gpu: every usable GPU; else 1)")
     p.add_argument("--nnodes", type=int, default=1)
@@ -102,7 +106,7 @@ def worker_overrides(args: argparse.Namespace) -> List[str]:
     return list(args.set) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
 
 
-def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]:
+def worker_command(args: argparse.Namespace, resume: Optional[str], overwrite: bool = False) -> List[str]:
     """What follows the interpreter in each worker's command line."""
     head = [args.worker] if args.worker.endswith(".py") else ["-m", args.worker]
     cmd = head + ["--config", args.config]
@@ -110,6 +114,8 @@ def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]
         cmd += ["--set", text]
     if resume:
         cmd += ["--resume", resume]
+    if overwrite:
+        cmd += ["--overwrite"]
     return cmd
 
 
@@ -275,16 +281,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: file not found")
+    if args.overwrite and args.resume:
+        raise UserError(run_dir.CONFLICT)  # the worker would refuse it too, after the launcher's start-up
     out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
     base_env, cpus = dict(os.environ), available_cpus()
     opts = options_from_args(args, gpu_labels_for(args, base_env, sys.executable), out_dir)
     gpu_note = "every usable GPU: no --devices or --nproc_per_node given" if (
         wants_gpus(args) and args.devices is None and args.nproc_per_node is None) else ""
     route_ip = source_ip_towards(opts.master.rpartition(":")[0]) if opts.nnodes > 1 and opts.master else None
-    resume = args.resume
+    resume, overwrite = args.resume, args.overwrite
     for attempt in range(opts.max_restarts + 1):
-        argv, env = build_launch_command(opts, worker_command(args, resume), base_env=base_env, cpu_count=cpus,
-                                         route_ip=route_ip)
+        argv, env = build_launch_command(opts, worker_command(args, resume, overwrite), base_env=base_env,
+                                         cpu_count=cpus, route_ip=route_ip)
         line = describe(opts, env, cpus, base_env, route_ip=route_ip, gpu_note=gpu_note)
         if args.dry_run:
             print(f"# {line}", file=out)
@@ -307,7 +315,8 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 if result.failed_rank is not None and result.failed_code != EXIT_COLLECTIVE_TIMEOUT
                 else result.explain(opts))
         print(f"restart {attempt + 1}/{opts.max_restarts} after {what}", file=err, flush=True)
-        resume = "auto"  # the failed attempt's newest checkpoint
+        # The failed attempt's newest checkpoint; never --overwrite again, which would delete it.
+        resume, overwrite = "auto", False
     raise AssertionError("unreachable")
 
 

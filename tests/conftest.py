@@ -67,6 +67,34 @@ def glue_dir():
     return path
 
 
+@pytest.fixture
+def run_worker(monkeypatch, capsys):
+    """Calls the worker's entry point, ``launcher.worker.main``, in this process as ``python -m launcher.worker``
+    would run it, in an environment like the subprocess tests': no Paddle launcher variables, no GLUE data,
+    thread count fixed. Returns (exit code, stderr); the run's stdout is then in ``run_worker.out``."""
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+
+    from launcher import worker
+
+    for key in [k for k in os.environ if k.startswith("PADDLE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GLUE_DIR", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    level = paddlenlp_logger.logger.level  # main() quiets PaddleNLP for the rest of the process
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = worker.main(list(args))
+        finally:
+            paddlenlp_logger.logger.setLevel(level)
+        captured = capsys.readouterr()
+        run.out = captured.out
+        return code, captured.err
+
+    return run
+
+
 def job_report(output: str, log_dir: str, lines: int = 30) -> str:
     """A failed launched job, for the assertion message: the end of its own output and of every worker
     log (a failure in one rank often shows only in another rank's log)."""

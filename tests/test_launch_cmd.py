@@ -237,6 +237,34 @@ def test_a_worker_user_error_is_not_restarted(tmp_path, capsys, monkeypatch):
                     " the same input; see l/workerlog.1)")
 
 
+def test_overwrite_goes_to_the_first_attempt_only(tmp_path, capsys, monkeypatch):
+    """A restart resumes (--resume auto) from the checkpoints the first attempt wrote: it must never pass
+    --overwrite, which would delete them."""
+    import launcher.cli as cli
+
+    calls = []
+
+    def fake_run_job(argv, env, out, err):
+        calls.append(argv)
+        return cli.JobResult(241, failed_rank=1, failed_code=-9, failed_log="l/workerlog.1")  # SIGKILLed
+
+    monkeypatch.setattr(cli, "run_job", fake_run_job)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--max_restarts", "2", "--overwrite"])
+    assert rc == 137 and len(calls) == 3
+    assert calls[0][-1] == "--overwrite" and "--resume" not in calls[0]
+    for argv in calls[1:]:
+        assert argv[-2:] == ["--resume", "auto"] and "--overwrite" not in argv
+
+
+def test_overwrite_and_resume_together_are_refused_before_launching(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    assert main(["--config", str(cfg), "--overwrite", "--resume", "auto", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("error: --overwrite: not with --resume")
+
+
 # --- multi-node: the node's IP, variables that override our flags, logs per node ------------------------
 
 TWO_NODES = dict(nproc_per_node=2, nnodes=2, master="10.0.0.1:8090", node_rank=1, device="cpu")
