@@ -83,9 +83,14 @@ def run_worker(monkeypatch, capsys):
     level = paddlenlp_logger.logger.level  # main() quiets PaddleNLP for the rest of the process
 
     def run(*args):
+        import paddle
+
         capsys.readouterr()
         try:
-            code = worker.main(list(args))
+            # Parameter names (hence optimizer state keys in a checkpoint) come from a process-wide counter:
+            # a fresh one per run, as in a fresh process, or a run could not resume another's checkpoint.
+            with paddle.utils.unique_name.guard():
+                code = worker.main(list(args))
         finally:
             paddlenlp_logger.logger.setLevel(level)
         captured = capsys.readouterr()

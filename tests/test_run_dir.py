@@ -108,5 +108,10 @@ def test_second_fresh_run_is_refused_overwrite_starts_over_resume_continues(run_
     assert sorted(os.listdir(checkpoints)) == ["DONE.json", "step_00000002"]
     assert os.path.isdir(out / "cache")  # the cache is kept
 
+    os.remove(checkpoints / "DONE.json")  # as if the run had died after step 3: it resumes from step 2
+    code, err = run_worker(*args, "--resume", "auto")
+    assert code == 0, err
+    assert f"finetune: resuming from {checkpoints / 'step_00000002'}" in run_worker.out
+
     code, err = run_worker(*args, "--overwrite", "--resume", "auto")
     assert code == 2 and err.startswith("error: --overwrite: not with --resume"), err
