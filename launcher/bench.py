@@ -160,6 +160,9 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: file not found")
     base_env, cpus = dict(os.environ), available_cpus()
+    slurm_note = cli.resolve_nodes(args, base_env)
+    if slurm_note:
+        print(f"dynabert-bench: {slurm_note}", file=err, flush=True)
     device, labels = resolve_device(args, base_env)
     args = argparse.Namespace(**{**vars(args), "device": device})
     report_dir = os.path.abspath(args.report or os.path.join(cli.resolve_out_dir(args), "bench"))

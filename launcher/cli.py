@@ -27,10 +27,10 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, TextIO
+from typing import List, Mapping, Optional, Sequence, TextIO
 
 from dynabert.errors import TrainingDiverged, UserError
-from launcher import run_dir
+from launcher import run_dir, slurm
 from launcher.gpu_probe import gpu_labels_for, wants_gpus
 from launcher.launch_cmd import (
     EXIT_COLLECTIVE_TIMEOUT,
@@ -73,9 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                    " (without it, such a start is refused). First attempt only: restarts resume")
     p.add_argument("--nproc_per_node", type=int,
                    help="processes on this node (default: number of --devices; --device gpu: every usable GPU; else 1)")
-    p.add_argument("--nnodes", type=int, default=1)
-    p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1")
-    p.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 on the master node")
+    # None: not given; resolve_nodes fills these from Slurm's variables (srun) or with 1 node.
+    p.add_argument("--nnodes", type=int, help="number of nodes (default: SLURM_NNODES under srun, else 1)")
+    p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1 (default under"
+                   f" srun: the first node of SLURM_JOB_NODELIST, port {slurm.PORT_BASE} + SLURM_JOB_ID mod"
+                   f" {slurm.PORT_SPAN})")
+    p.add_argument("--node_rank", type=int, help="this node's rank, 0 on the master node (default: SLURM_NODEID"
+                   " under srun, else 0)")
     p.add_argument("--host", help="this node's IPv4 address as the other nodes reach it (default: POD_IP if set,"
                    " else with --nnodes > 1 the local address that routes to --master)")
     p.add_argument("--devices", help="GPU ids for this node, e.g. 0,1,2,3 (one process each)")
@@ -133,6 +137,23 @@ def options_from_args(args: argparse.Namespace, gpu_labels: Optional[Sequence[st
         log_dir=log_dir_for(out_dir or resolve_out_dir(args), args.nnodes, args.node_rank), nproc_per_node=nproc,
         nnodes=args.nnodes, master=args.master, node_rank=args.node_rank, devices=devices, device=args.device,
         max_restarts=args.max_restarts, host=args.host)
+
+
+def resolve_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """Fill in --nnodes, --node_rank and --master where not given: from Slurm's variables under srun, else
+    one node. Returns what came from Slurm, for the log ("" if nothing did)."""
+    args.nnodes, args.node_rank, args.master, note = slurm.node_flags(args.nnodes, args.node_rank, args.master, env,
+                                                                      resolve=ipv4_of)
+    return note
+
+
+def ipv4_of(host: str) -> str:
+    """The IPv4 address ``host`` resolves to here (Paddle's launcher needs the master as an address)."""
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (socket.gaierror, IndexError) as e:
+        raise UserError(f"SLURM_JOB_NODELIST: cannot resolve the first node {host} to an IPv4 address"
+                        f" ({getattr(e, 'strerror', None) or e}); pass --master IP:PORT") from None
 
 
 def source_ip_towards(host: str) -> Optional[str]:
@@ -283,8 +304,9 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UserError(f"--config {args.config}: file not found")
     if args.overwrite and args.resume:
         raise UserError(run_dir.CONFLICT)  # the worker would refuse it too, after the launcher's start-up
-    out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
     base_env, cpus = dict(os.environ), available_cpus()
+    slurm_note = resolve_nodes(args, base_env)
+    out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
     opts = options_from_args(args, gpu_labels_for(args, base_env, sys.executable), out_dir)
     gpu_note = "every usable GPU: no --devices or --nproc_per_node given" if (
         wants_gpus(args) and args.devices is None and args.nproc_per_node is None) else ""
@@ -296,6 +318,8 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         line = describe(opts, env, cpus, base_env, route_ip=route_ip, gpu_note=gpu_note)
         if args.dry_run:
             print(f"# {line}", file=out)
+            if slurm_note:
+                print(f"# {slurm_note}", file=out)
             print("# environment changes for the launcher and its workers:", file=out)
             for change in env_diff(base_env, env):
                 print(change, file=out)
@@ -303,6 +327,8 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         if attempt == 0:
             print(f"dynabert-launch: {line}", file=err, flush=True)
+            if slurm_note:
+                print(f"dynabert-launch: {slurm_note}", file=err, flush=True)
         result = run_job(argv, env, out, err)
         if result.returncode == 0:
             return 0

@@ -25,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _outside_any_slurm_job():
+    """The tests' nodes come from their own flags and variables, never from a Slurm job the suite runs in
+    (dynabert-launch takes its defaults from SLURM_*; so would every process the tests start)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SLURM_")]:
+            mp.delenv(key)
+        yield
+
+
 def _builtin_vocab():
     from dynabert.data import builtin_dataset
 

@@ -37,6 +37,8 @@ def _config(model_dir, out, *extra):
 
 
 def _launch(args, *, nnodes=1, nproc=2, node_rank=0, port=None, restarts=0, env=None):
+    """``nnodes`` > 1: this node's flags (--nnodes, --node_rank, --master, --host); 1: none (a single node,
+    or nodes that come from the environment)."""
     cli = [sys.executable, "-m", "launcher", "--device", "cpu", "--nproc_per_node", str(nproc),
            "--max_restarts", str(restarts), *args]
     if nnodes > 1:
@@ -45,11 +47,13 @@ def _launch(args, *, nnodes=1, nproc=2, node_rank=0, port=None, restarts=0, env=
     return subprocess.Popen(cli, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _two_nodes(model_dir, tmp_path, name, *extra, restarts=0, env=None):
+def _two_nodes(model_dir, tmp_path, name, *extra, restarts=0, env=None, node_env=None):
+    """Both nodes to completion. ``node_env(n)``: node n's extra variables, which then say everything about
+    the nodes (no node flags)."""
     port = _free_port()
     outs = [str(tmp_path / f"{name}_node{n}") for n in (0, 1)]
-    procs = [_launch(_config(model_dir, outs[n], *extra), nnodes=2, nproc=1, node_rank=n, port=port,
-                     restarts=restarts, env=env) for n in (0, 1)]
+    procs = [_launch(_config(model_dir, outs[n], *extra), nnodes=1 if node_env else 2, nproc=1, node_rank=n,
+                     port=port, restarts=restarts, env=_env(**node_env(n)) if node_env else env) for n in (0, 1)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
@@ -104,3 +108,38 @@ def test_worker_killed_on_node1_both_nodes_restart_and_match(tiny_model_dir, one
     assert "compress: resuming from" in logs[0] and "step_00000012" in logs[0]
     _same_parameters(_supernet(straight), _supernet(node0))
     assert not os.path.isdir(os.path.join(node1, "checkpoints"))  # node 1 resumed from rank 0's checkpoint
+
+
+def _free_slurm_job_id() -> int:
+    """A job id whose default master port (PORT_BASE + id mod PORT_SPAN) nothing here listens on."""
+    from launcher.slurm import PORT_BASE, PORT_SPAN
+
+    for offset in range(PORT_SPAN):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", PORT_BASE + offset))
+            except OSError:
+                continue
+            return 7 * PORT_SPAN + offset
+    raise AssertionError("no free port in the Slurm default range")
+
+
+def test_two_nodes_from_slurm_variables_alone(tiny_model_dir, tmp_path):
+    """What `srun --ntasks-per-node=1 dynabert-launch ...` gives each node, for two "nodes" on this machine
+    (127.0.0.[1-2]: the first is loopback, reachable by both) and no --nnodes, --node_rank or --master: the
+    nodes find each other and train as one 2-process job."""
+    job_id = _free_slurm_job_id()
+
+    def srun(node_id):
+        return {"SLURM_JOB_ID": str(job_id), "SLURM_NNODES": "2", "SLURM_NODEID": str(node_id),
+                "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2"}
+
+    (node0, node1), logs = _two_nodes(tiny_model_dir, tmp_path, "slurm", "--set", "run.stages=[finetune]",
+                                      "--set", "finetune.max_steps=4", node_env=srun)
+    for n in (0, 1):
+        assert f"--nnodes 2 (SLURM_NNODES), --node_rank {n} (SLURM_NODEID), --master 127.0.0.1:" in logs[n], logs[n]
+        assert f"1 process(es) x 2 nodes (this is node {n})" in logs[n]
+    assert "global batch 32 (16 per rank x 2)" in logs[0]  # one job of two ranks
+    assert os.path.isfile(os.path.join(node0, "teacher", "model_state.pdparams"))
+    assert not os.path.exists(os.path.join(node1, "teacher"))  # rank 1 (node 1) writes nothing
+    assert os.path.isfile(os.path.join(node1, "logs", "node1", "workerlog.0"))
