@@ -56,7 +56,7 @@ _FAILED_RE = re.compile(r"^Container rank (\d+) status failed cmd .* code (-?\d+
 NOT_RESTARTED = {
     UserError.exit_code: "bad input; not restarted: the next attempt would read the same input",
     TrainingDiverged.exit_code: "training diverged; not restarted: it would resume from the same checkpoint and"
-                                " diverge again (see run.on_nonfinite)",
+                                " diverge again",
 }
 
 
