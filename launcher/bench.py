@@ -106,9 +106,10 @@ def plan(args: argparse.Namespace, *, gpu_labels: Optional[Sequence[str]], repor
     """Every check that can fail, before anything starts; then one launch per world size."""
     from launcher.config import load_config
 
-    if args.resume or args.max_restarts:
-        raise UserError(f"{'--resume' if args.resume else '--max_restarts'}: not a dynabert-bench flag "
-                        "(a benchmark keeps no checkpoints)")
+    for flag, given in (("--resume", args.resume), ("--max_restarts", args.max_restarts),
+                        ("--overwrite", args.overwrite)):
+        if given:
+            raise UserError(f"{flag}: not a dynabert-bench flag (a benchmark keeps no checkpoints)")
     if args.steps < 1 or args.warmup < 0:
         raise UserError(f"--steps {args.steps} --warmup {args.warmup}: need at least 1 timed step, warm-up >= 0")
     check_reference_available(args.compare_reference, REFERENCE)
@@ -169,6 +170,9 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: file not found")
     base_env, cpus = dict(os.environ), available_cpus()
+    slurm_note = cli.resolve_nodes(args, base_env)
+    if slurm_note:
+        print(f"dynabert-bench: {slurm_note}", file=err, flush=True)
     device, labels = resolve_device(args, base_env)
     args = argparse.Namespace(**{**vars(args), "device": device})
     report_dir = os.path.abspath(args.report or os.path.join(cli.resolve_out_dir(args), "bench"))

@@ -27,9 +27,10 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, TextIO
+from typing import List, Mapping, Optional, Sequence, TextIO
 
-from dynabert.errors import UserError
+from dynabert.errors import TrainingDiverged, UserError
+from launcher import run_dir, slurm
 from launcher.gpu_probe import gpu_labels_for, wants_gpus
 from launcher.launch_cmd import (
     EXIT_COLLECTIVE_TIMEOUT,
@@ -50,6 +51,14 @@ STOP_GRACE_S = 10  # after SIGTERM, how long the launcher gets to stop its worke
 # "Container rank {rank} status {status} cmd {cmd} code {code} log {errfile} \nenv {env}".
 _FAILED_RE = re.compile(r"^Container rank (\d+) status failed cmd .* code (-?\d+) log (.*?)\s*$")
 
+# Worker exit codes that a restart cannot get past, and why: the next attempt reads the same input, or resumes
+# from the same checkpoint with the same data order and diverges at the same step.
+NOT_RESTARTED = {
+    UserError.exit_code: "bad input; not restarted: the next attempt would read the same input",
+    TrainingDiverged.exit_code: "training diverged; not restarted: it would resume from the same checkpoint and"
+                                " diverge again",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -59,11 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="A.B=V", help="config override (repeatable)")
     p.add_argument("--out_dir", help="run output directory (becomes --set run.out_dir=...; logs go to OUT_DIR/logs)")
     p.add_argument("--resume", help="auto, or a checkpoint path (passed to the worker)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that holds an earlier run: its outputs are deleted first"
+                   " (without it, such a start is refused). First attempt only: restarts resume")
     p.add_argument("--nproc_per_node", type=int,
                    help="processes on this node (default: number of --devices; --device gpu: every usable GPU; else 1)")
-    p.add_argument("--nnodes", type=int, default=1)
-    p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1")
-    p.add_argument("--node_rank", type=int, default=0, help="this node's rank, 0 on the master node")
+    # None: not given; resolve_nodes fills these from Slurm's variables (srun) or with 1 node.
+    p.add_argument("--nnodes", type=int, help="number of nodes (default: SLURM_NNODES under srun, else 1)")
+    p.add_argument("--master", help="ip:port of node 0's rendezvous; required when --nnodes > 1 (default under"
+                   f" srun: the first node of SLURM_JOB_NODELIST, port {slurm.PORT_BASE} + SLURM_JOB_ID mod"
+                   f" {slurm.PORT_SPAN})")
+    p.add_argument("--node_rank", type=int, help="this node's rank, 0 on the master node (default: SLURM_NODEID"
+                   " under srun, else 0)")
     p.add_argument("--host", help="this node's IPv4 address as the other nodes reach it (default: POD_IP if set,"
                    " else with --nnodes > 1 the local address that routes to --master)")
     p.add_argument("--devices", help="GPU ids for this node, e.g. 0,1,2,3 (one process each)")
@@ -72,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    " --nproc_per_node says otherwise; cpu: gloo; auto (default): one process (or --nproc_per_node)"
                    " on the first GPU if Paddle sees one, else on the CPU; CPU when CUDA_VISIBLE_DEVICES is empty")
     p.add_argument("--max_restarts", type=int, default=0,
-                   help="relaunch the whole job up to this many times after a failure, with --resume auto")
+                   help="relaunch the whole job up to this many times after a failure, with --resume auto (never"
+                   " after exit code 2, bad input, or 3, training diverged)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the command and environment changes")
     # Not for users: a module name or a .py path to run instead of the real worker (tests use a fake one).
     p.add_argument("--worker", default=DEFAULT_WORKER, help=argparse.SUPPRESS)
@@ -93,7 +110,7 @@ def worker_overrides(args: argparse.Namespace) -> List[str]:
     return list(args.set) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
 
 
-def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]:
+def worker_command(args: argparse.Namespace, resume: Optional[str], overwrite: bool = False) -> List[str]:
     """What follows the interpreter in each worker's command line."""
     head = [args.worker] if args.worker.endswith(".py") else ["-m", args.worker]
     cmd = head + ["--config", args.config]
@@ -101,6 +118,8 @@ def worker_command(args: argparse.Namespace, resume: Optional[str]) -> List[str]
         cmd += ["--set", text]
     if resume:
         cmd += ["--resume", resume]
+    if overwrite:
+        cmd += ["--overwrite"]
     return cmd
 
 
@@ -118,6 +137,23 @@ def options_from_args(args: argparse.Namespace, gpu_labels: Optional[Sequence[st
         log_dir=log_dir_for(out_dir or resolve_out_dir(args), args.nnodes, args.node_rank), nproc_per_node=nproc,
         nnodes=args.nnodes, master=args.master, node_rank=args.node_rank, devices=devices, device=args.device,
         max_restarts=args.max_restarts, host=args.host)
+
+
+def resolve_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """Fill in --nnodes, --node_rank and --master where not given: from Slurm's variables under srun, else
+    one node. Returns what came from Slurm, for the log ("" if nothing did)."""
+    args.nnodes, args.node_rank, args.master, note = slurm.node_flags(args.nnodes, args.node_rank, args.master, env,
+                                                                      resolve=ipv4_of)
+    return note
+
+
+def ipv4_of(host: str) -> str:
+    """The IPv4 address ``host`` resolves to here (Paddle's launcher needs the master as an address)."""
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (socket.gaierror, IndexError) as e:
+        raise UserError(f"SLURM_JOB_NODELIST: cannot resolve the first node {host} to an IPv4 address"
+                        f" ({getattr(e, 'strerror', None) or e}); pass --master IP:PORT") from None
 
 
 def source_ip_towards(host: str) -> Optional[str]:
@@ -153,12 +189,14 @@ class JobResult:
             return min(128 - code, 255)
         return code if 0 < code < 256 else 1
 
-    def explain(self, opts: LaunchOptions) -> str:
+    def explain(self, opts: LaunchOptions, why: str = "") -> str:
+        """One line about the failure; ``why``: what the exit code means and why the job was not restarted."""
         if self.failed_rank is not None and self.failed_code == EXIT_COLLECTIVE_TIMEOUT:
             return (f"{self.rank_text(opts)} stopped waiting in a collective (exit code {self.failed_code}): a rank"
                     f" {'on another node ' if opts.nnodes > 1 else ''}has probably died (see {self.log_path(opts)})")
         if self.failed_rank is not None:
-            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} (see {self.log_path(opts)})"
+            why = f"{why}; " if why else ""
+            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} ({why}see {self.log_path(opts)})"
         if opts.nnodes > 1:
             return (f"the job stopped (Paddle launcher exit code {self.returncode}) with no failed rank on this"
                     f" node; a rank on another node may have failed (logs: {opts.log_dir})")
@@ -264,19 +302,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: file not found")
-    out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
+    if args.overwrite and args.resume:
+        raise UserError(run_dir.CONFLICT)  # the worker would refuse it too, after the launcher's start-up
     base_env, cpus = dict(os.environ), available_cpus()
+    slurm_note = resolve_nodes(args, base_env)
+    out_dir = resolve_out_dir(args)  # a bad config is reported before the GPU check
     opts = options_from_args(args, gpu_labels_for(args, base_env, sys.executable), out_dir)
     gpu_note = "every usable GPU: no --devices or --nproc_per_node given" if (
         wants_gpus(args) and args.devices is None and args.nproc_per_node is None) else ""
     route_ip = source_ip_towards(opts.master.rpartition(":")[0]) if opts.nnodes > 1 and opts.master else None
-    resume = args.resume
+    resume, overwrite = args.resume, args.overwrite
     for attempt in range(opts.max_restarts + 1):
-        argv, env = build_launch_command(opts, worker_command(args, resume), base_env=base_env, cpu_count=cpus,
-                                         route_ip=route_ip)
+        argv, env = build_launch_command(opts, worker_command(args, resume, overwrite), base_env=base_env,
+                                         cpu_count=cpus, route_ip=route_ip)
         line = describe(opts, env, cpus, base_env, route_ip=route_ip, gpu_note=gpu_note)
         if args.dry_run:
             print(f"# {line}", file=out)
+            if slurm_note:
+                print(f"# {slurm_note}", file=out)
             print("# environment changes for the launcher and its workers:", file=out)
             for change in env_diff(base_env, env):
                 print(change, file=out)
@@ -284,19 +327,22 @@ def _launch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         if attempt == 0:
             print(f"dynabert-launch: {line}", file=err, flush=True)
+            if slurm_note:
+                print(f"dynabert-launch: {slurm_note}", file=err, flush=True)
         result = run_job(argv, env, out, err)
         if result.returncode == 0:
             return 0
         status = result.exit_status()
-        if attempt == opts.max_restarts or status == UserError.exit_code:
-            # A worker's UserError (exit 2) is a problem with the input: restarting cannot fix it.
-            print(f"error: {result.explain(opts)}", file=err, flush=True)
+        why = NOT_RESTARTED.get(status, "") if attempt < opts.max_restarts else ""
+        if attempt == opts.max_restarts or why:
+            print(f"error: {result.explain(opts, why)}", file=err, flush=True)
             return status
         what = (f"{result.rank_text(opts)} failed (see {result.log_path(opts)})"
                 if result.failed_rank is not None and result.failed_code != EXIT_COLLECTIVE_TIMEOUT
                 else result.explain(opts))
         print(f"restart {attempt + 1}/{opts.max_restarts} after {what}", file=err, flush=True)
-        resume = "auto"  # the failed attempt's newest checkpoint
+        # The failed attempt's newest checkpoint; never --overwrite again, which would delete it.
+        resume, overwrite = "auto", False
     raise AssertionError("unreachable")
 
 

@@ -1,7 +1,8 @@
 """Load a ``Config``: defaults < YAML file < ``--set section.key=value`` overrides.
 
 Unknown keys, wrong types and impossible values are rejected with the dotted key (and the file) named.
-YAML is parsed with ``yaml.safe_load``: a config can never construct objects or run code.
+YAML is parsed with ``yaml.safe_load``: a config can never construct objects or run code. An override of a
+string key is not YAML at all: its text is the value (``parse_override``).
 """
 import dataclasses
 import os
@@ -35,15 +36,53 @@ def _read_yaml(path: str) -> Dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple:
-    """``a.b=value`` -> (["a", "b"], parsed value). Values are YAML scalars: 0.5, true, null, [1.0, 0.5]."""
+    """``a.b=value`` -> (["a", "b"], value). The field's type decides how the text is read: a string key
+    (paths, names) takes it verbatim; a list of strings is one verbatim entry or a YAML list whose entries
+    stay text; anything else (numbers, booleans, lists of numbers, null) is YAML: 0.5, true, null, [1.0, 0.5]."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {text}: expected section.key=value")
+    keys = key.strip().split(".")
+    return keys, _parse_value(raw, field_type(keys), ".".join(keys))
+
+
+def field_type(keys: list):
+    """The annotation of the config field at ``keys``; None for a section or a key the config does not have
+    (those are read as YAML and reported by ``_build`` with the dotted key)."""
+    tp = Config
+    for part in keys:
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return None if dataclasses.is_dataclass(tp) else tp
+
+
+def _parse_value(raw: str, tp, dotted: str) -> Any:
+    optional = _is_optional(tp)
+    if optional:
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if tp is str:
+        # YAML would cut "runs/exp #2" at the comment, read "a: b" as a mapping, "&x dir" as an anchor, "2024" as
+        # a number: a path given on the command line must arrive as typed. Only an optional key's exact "null"
+        # means unset (the documented way to drop, e.g., a config file's model.teacher).
+        return None if optional and raw == "null" else raw
+    if typing.get_origin(tp) in (tuple, typing.Tuple) and typing.get_args(tp)[0] is str:
+        if not raw.strip():
+            return []
+        if not raw.lstrip().startswith("["):
+            return [raw]  # one entry, verbatim
+        try:
+            # BaseLoader resolves no types: every entry stays the text written (1e-3, null, true alike).
+            return yaml.load(raw, Loader=yaml.BaseLoader)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e)
+            raise UserError(f"--set: {dotted}: not a YAML list ({problem}); quote entries that hold ',' '#' ']' or"
+                            " ': ', e.g. [\"runs/a #1.tsv\", b.tsv], or give one path without brackets") from None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw  # not YAML: keep the text as a string
-    return key.strip().split("."), value
+        return raw  # not YAML: keep the text (the field's type check then names the key)
 
 
 def _merge(base: Dict[str, Any], path: list, value: Any, dotted: str) -> None:

@@ -16,6 +16,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set compress.widths=[1.0,0.5]")
     p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run.out_dir that holds an earlier run: delete its outputs first")
     return p.parse_args(argv)
 
 
@@ -41,9 +43,11 @@ def main(argv=None) -> int:
 
         from dynabert.pipeline import run
         from launcher.fleet_setup import init_collectives
+        from launcher.run_dir import check_fresh_start
 
         paddlenlp_logger.set_level("WARNING")  # its INFO lines ("Configuration saved in ...") drown ours
         comms = init_collectives()
+        check_fresh_start(cfg, comms, args.resume, args.overwrite)  # before anything is written
         run(cfg, comms, config_text=dump_config(cfg), resume=args.resume)
         comms.shutdown()
     except UserError as e:

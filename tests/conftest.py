@@ -25,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _outside_any_slurm_job():
+    """The tests' nodes come from their own flags and variables, never from a Slurm job the suite runs in
+    (dynabert-launch takes its defaults from SLURM_*; so would every process the tests start)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SLURM_")]:
+            mp.delenv(key)
+        yield
+
+
 def _builtin_vocab():
     from dynabert.data.sources import builtin_dataset
 
@@ -65,6 +75,39 @@ def glue_dir():
             pytest.fail(message + "; CI needs the real data (see .ci/run)", pytrace=False)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def run_worker(monkeypatch, capsys):
+    """Calls the worker's entry point, ``launcher.worker.main``, in this process as ``python -m launcher.worker``
+    would run it, in an environment like the subprocess tests': no Paddle launcher variables, no GLUE data,
+    thread count fixed. Returns (exit code, stderr); the run's stdout is then in ``run_worker.out``."""
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+
+    from launcher import worker
+
+    for key in [k for k in os.environ if k.startswith("PADDLE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GLUE_DIR", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    level = paddlenlp_logger.logger.level  # main() quiets PaddleNLP for the rest of the process
+
+    def run(*args):
+        import paddle
+
+        capsys.readouterr()
+        try:
+            # Parameter names (hence optimizer state keys in a checkpoint) come from a process-wide counter:
+            # a fresh one per run, as in a fresh process, or a run could not resume another's checkpoint.
+            with paddle.utils.unique_name.guard():
+                code = worker.main(list(args))
+        finally:
+            paddlenlp_logger.logger.setLevel(level)
+        captured = capsys.readouterr()
+        run.out = captured.out
+        return code, captured.err
+
+    return run
 
 
 def job_report(output: str, log_dir: str, lines: int = 30) -> str:

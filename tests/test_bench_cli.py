@@ -149,6 +149,7 @@ def test_compare_reference_outside_a_checkout_says_it_needs_one(clean_env, capsy
     (["--world-sizes", "1,2", "--nproc_per_node", "2"], "--nproc_per_node: not with --world-sizes"),
     (["--world-sizes", "2,3", "--nnodes", "2", "--master", "10.0.0.1:8090"], "--world-sizes: 3 processes do not"),
     (["--resume", "auto"], "--resume: not a dynabert-bench flag"),
+    (["--overwrite"], "--overwrite: not a dynabert-bench flag"),
     (["--steps", "0"], "--steps 0 --warmup 3: need at least 1 timed step"),
     (["--lengths", "2-9"], "--lengths 2-9: need 3 <= A <= B <= data.max_seq_len (32)"),
 ])

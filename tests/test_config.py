@@ -38,6 +38,69 @@ def test_overrides_parse_yaml_scalars_and_lists():
     assert cfg.model.teacher is None and cfg.run.progress is False
 
 
+# Text YAML would read as something else: a comment, a mapping, an anchor, an alias, a tag, null, a number.
+AWKWARD = ["runs/exp #2", "runs/my run", "runs/a:b", "runs/key: value", "*star", "&anchor dir", "!tag x", "null",
+           "Null", "~", "1e-3", "1.0e-3", "2024", "true", "[x]", "{a: 1}", "'quoted'", "a,b", " spaced "]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_string_keys_take_the_text_verbatim(text):
+    """`--set run.out_dir="runs/exp #2"` once became runs/exp (a YAML comment), whose checkpoints the new run
+    then deleted. A key whose field is a string takes exactly the text after the first '='."""
+    keys = ["run.out_dir", "model.name_or_path", "data.task", "model.teacher", "data.glue_dir", "data.cache_dir"]
+    if text == "null":
+        keys = keys[:3]  # optional keys: null unsets them (below)
+    cfg = load_config(None, [f"{k}={text}" for k in keys])
+    got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys}
+    assert got == {k: text for k in keys}
+
+
+def test_out_dir_flag_is_verbatim_too(tmp_path):
+    from launcher.cli import build_parser, resolve_out_dir
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    args = build_parser().parse_args(["--config", str(cfg), "--out_dir", "runs/exp #2"])
+    assert resolve_out_dir(args) == "runs/exp #2"
+
+
+def test_null_unsets_an_optional_string_key_and_nothing_else_does():
+    cfg = load_config(None, ["model.teacher=some/dir", "model.teacher=null", "data.cache_dir=null"])
+    assert cfg.model.teacher is None and cfg.data.cache_dir is None
+    assert load_config(None, ["model.teacher=~"]).model.teacher == "~"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("aug #2.tsv", ("aug #2.tsv",)),                       # one path, verbatim
+    ("[a.tsv, 1e-3, null, true]", ("a.tsv", "1e-3", "null", "true")),  # a YAML list whose entries stay text
+    ('["x #1.tsv", "y: z.tsv", b]', ("x #1.tsv", "y: z.tsv", "b")),     # quoted entries may hold # and :
+    ("[]", ()),
+    ("", ()),
+])
+def test_string_list_entries_are_text(text, expected):
+    assert load_config(None, [f"data.train_files={text}"]).data.train_files == expected
+
+
+def test_typed_keys_still_parse_as_yaml():
+    cfg = load_config(None, ["compress.widths=[1.0, 0.5]", "run.seed=7", "run.progress=false", "data.train_limit=null",
+                             "finetune.learning_rate=1e-3", "run.stages=[compress, export]", "model.dropout=0.1"])
+    assert cfg.compress.widths == (1.0, 0.5) and cfg.run.seed == 7 and cfg.run.progress is False
+    assert cfg.data.train_limit is None and cfg.finetune.learning_rate == 1e-3 and cfg.model.dropout == 0.1
+    assert cfg.run.stages == ("compress", "export")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.train_files=[a, [b]]", "data.train_files[1]: expected a string"),
+    ("data.train_files=[a, b", "--set: data.train_files: not a YAML list"),
+    ("run.out_dir.x=1", "run.out_dir"),
+    ("run.stages=[compress, train]", "run.stages: unknown stage 'train'"),
+])
+def test_string_key_errors_name_the_dotted_key(override, needle):
+    with pytest.raises(UserError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
 def test_float_written_without_a_dot_is_a_number(tmp_path):
     # PyYAML's YAML 1.1 reads 3e-3 as a string; users write learning rates like that.
     path = tmp_path / "c.yaml"

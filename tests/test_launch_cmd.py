@@ -158,15 +158,16 @@ if {mode!r} == "always" or not os.path.exists(marker):
         open(marker, "w").close()
         time.sleep(0.5)
         print("fake rank 1 fails now", flush=True)
-        sys.exit(3)
+        sys.exit({code})
     time.sleep(20)  # killed by the launcher when rank 1 fails
 """
 
 
-def _fake_job(tmp_path, mode):
+def _fake_job(tmp_path, mode, code=3):
+    """Rank 1 exits with ``code``: on every attempt ("always") or on the first one only."""
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER.format(marker=str(tmp_path / "failed-once"), record=str(tmp_path / "argv.txt"),
-                                         mode=mode))
+                                         mode=mode, code=code))
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")
     out_dir = tmp_path / "run"
@@ -191,7 +192,7 @@ def test_failing_rank_is_named_with_its_log(tmp_path, capsys):
 
 @pytest.mark.dist
 def test_restart_once_then_succeed_with_resume_auto(tmp_path, capsys):
-    argv, log_dir = _fake_job(tmp_path, "first-attempt-only")
+    argv, log_dir = _fake_job(tmp_path, "first-attempt-only", code=1)  # a crash, which a restart may get past
     rc = main(argv + ["--max_restarts", "1", "--resume", "ckpt/step-10"])
     captured = capsys.readouterr()
     assert rc == 0, captured
@@ -199,6 +200,22 @@ def test_restart_once_then_succeed_with_resume_auto(tmp_path, capsys):
     attempts = (tmp_path / "argv.txt").read_text().splitlines()
     assert len(attempts) == 2
     assert attempts[0].endswith("--resume ckpt/step-10") and attempts[1].endswith("--resume auto")
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("code, meaning", [(2, "bad input"), (3, "training diverged")])
+def test_bad_input_and_divergence_are_never_restarted(tmp_path, capsys, code, meaning):
+    """Exit 2 (the same input fails again) and 3 (resuming from the same checkpoint diverges again) end the
+    job at once, whatever --max_restarts says, and the one line says why."""
+    argv, log_dir = _fake_job(tmp_path, "always", code=code)
+    rc = main(argv + ["--max_restarts", "2"])
+    captured = capsys.readouterr()
+    assert rc == code, captured
+    assert len((tmp_path / "argv.txt").read_text().splitlines()) == 1  # one attempt only
+    assert "restart 1/2" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"error: rank 1 failed with exit code {code} ({meaning}; not restarted: "), last
+    assert last.endswith(f"; see {log_dir / 'workerlog.1'})")
 
 
 def test_a_worker_user_error_is_not_restarted(tmp_path, capsys, monkeypatch):
@@ -216,7 +233,36 @@ def test_a_worker_user_error_is_not_restarted(tmp_path, capsys, monkeypatch):
     rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--max_restarts", "3"])
     assert rc == 2 and len(calls) == 1  # exit 2 is a UserError in the worker: a restart cannot fix the input
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == "error: rank 1 failed with exit code 2 (see l/workerlog.1)"
+    assert last == ("error: rank 1 failed with exit code 2 (bad input; not restarted: the next attempt would read"
+                    " the same input; see l/workerlog.1)")
+
+
+def test_overwrite_goes_to_the_first_attempt_only(tmp_path, capsys, monkeypatch):
+    """A restart resumes (--resume auto) from the checkpoints the first attempt wrote: it must never pass
+    --overwrite, which would delete them."""
+    import launcher.cli as cli
+
+    calls = []
+
+    def fake_run_job(argv, env, out, err):
+        calls.append(argv)
+        return cli.JobResult(241, failed_rank=1, failed_code=-9, failed_log="l/workerlog.1")  # SIGKILLed
+
+    monkeypatch.setattr(cli, "run_job", fake_run_job)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    rc = main(["--config", str(cfg), "--nproc_per_node", "2", "--device", "cpu", "--max_restarts", "2", "--overwrite"])
+    assert rc == 137 and len(calls) == 3
+    assert calls[0][-1] == "--overwrite" and "--resume" not in calls[0]
+    for argv in calls[1:]:
+        assert argv[-2:] == ["--resume", "auto"] and "--overwrite" not in argv
+
+
+def test_overwrite_and_resume_together_are_refused_before_launching(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    assert main(["--config", str(cfg), "--overwrite", "--resume", "auto", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("error: --overwrite: not with --resume")
 
 
 # --- multi-node: the node's IP, variables that override our flags, logs per node ------------------------

@@ -2,39 +2,17 @@
 
 These run the real entry point, ``launcher.worker.main([...])``, in this process: the message and the
 exit code are the behaviour under test, and starting a fresh interpreter for each would cost seconds.
-(tests/test_pipeline.py runs the worker as a process for the runs that train.)
+(tests/test_pipeline.py runs the worker as a process for the runs that train.) The ``run_worker`` fixture
+is in conftest.py.
 """
 import os
 import shutil
 
 import pytest
-from paddlenlp.utils.log import logger as paddlenlp_logger
 
-from launcher import worker
 from tests.conftest import ROOT
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-
-
-@pytest.fixture
-def run_worker(monkeypatch, capsys):
-    """Calls worker.main as ``python -m launcher.worker`` would, in an environment like the subprocess
-    tests': no Paddle launcher variables, no GLUE data, thread count fixed. Returns (exit code, stderr)."""
-    for key in [k for k in os.environ if k.startswith("PADDLE_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("GLUE_DIR", "")
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    level = paddlenlp_logger.logger.level  # main() quiets PaddleNLP for the rest of the process
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            code = worker.main(list(args))
-        finally:
-            paddlenlp_logger.logger.setLevel(level)
-        return code, capsys.readouterr().err
-
-    return run
 
 
 def error_lines(stderr):
