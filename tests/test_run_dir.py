@@ -64,7 +64,7 @@ def _snapshot(root):
 
 def _glue_copy_of_the_builtin_set(root):
     """SST-2 TSV files (GLUE's format) holding the built-in rows, so that the run tokenizes into a corpus cache."""
-    from dynabert.data import builtin_dataset
+    from dynabert.data.sources import builtin_dataset
 
     os.makedirs(root / "SST-2")
     for split in ("train", "dev"):
