@@ -53,8 +53,11 @@ def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collecti
                 raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")
             checkpoint = load_checkpoint(resume)
         if checkpoint is None:
-            if os.path.isdir(root):
-                shutil.rmtree(root)  # a fresh start: old checkpoints of this run must not be resumed later
+            if os.path.isdir(root):  # a fresh start: old checkpoints of this run must not be resumed later
+                if os.listdir(root):  # (a fresh run over a finished one is refused earlier: launcher/run_dir.py)
+                    log.info(f"{stage}: starting afresh; removing {root} ({', '.join(sorted(os.listdir(root)))}): "
+                             "nothing in it can be resumed" + (f" with --resume {resume}" if resume else ""))
+                shutil.rmtree(root)
             return None
         check_compatible(checkpoint.fingerprint, {**model_fingerprint(cfg), "stage": stage}, checkpoint.path)
         loaded.update(model=checkpoint.model_state(), optimizer=checkpoint.optimizer_state(),
