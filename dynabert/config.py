@@ -46,9 +46,12 @@ class DataConfig:
     # table. "dev": the tutorial's protocol (importance and selection on dev; the table is optimistic).
     select_on: str = "validation"
     validation_rows: int = 1000
-    # Extra training rows (paths or globs, in the task's train TSV format, e.g. an augmented corpus),
-    # appended to the task's training set.
+    # Extra training rows (paths or globs, in the task's train TSV format, e.g. an augmented corpus) for
+    # distillation: compress and compress_depth train on them with the task's own rows; the teacher is
+    # fine-tuned on the task's rows alone (as DynaBERT does), and validation rows are carved from those.
     train_files: Tuple[str, ...] = ()
+    # Fine-tune the teacher on train_files' rows too (opt-in: an augmented corpus's labels are copies).
+    train_files_in_finetune: bool = False
     # Where the tokenized corpus cache lives (see dynabert/data/cache.py). Default <run.out_dir>/cache;
     # point runs at one directory (node-local or shared by all nodes) to tokenize a corpus once for all.
     cache_dir: Optional[str] = None
@@ -107,7 +110,7 @@ class ExportConfig:
 @dataclass(frozen=True)
 class SelectConfig:
     """The select stage (dynabert/deploy): every exported sub-model in each runtime and precision, its
-    latency measured on this machine and its metric on dev; the best one that meets the constraints is
+    latency measured on this machine and its metric on the selection split; the best one that meets the constraints is
     written as a ready-to-serve directory. Also `dynabert-select RUN_DIR` on a finished run."""
     batch_size: int = 32
     seq_len: int = 128
@@ -119,6 +122,9 @@ class SelectConfig:
     max_params: Optional[int] = None
     max_size_mb: Optional[float] = None
     min_runs: int = 10  # timed runs per candidate (at least; more while under 2 s)
+    # Candidates are chosen on the selection split; dev is read for the chosen one only. True reads every
+    # candidate on dev too, for the table (the choice does not change).
+    report_all_on_dev: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Optional
 
 from dynabert.collectives import Collectives
 from dynabert.config import Config
+from dynabert.data import record
 from dynabert.data.metrics import main_metric_name
 from dynabert.data.task_data import cache_dir, data_fingerprint
 from dynabert.io_utils import atomic_write_text, remove_leftovers
@@ -59,6 +60,8 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     comms.wait_for_peers("prepare")  # a node may build its corpus cache for minutes: no collective meanwhile
     # Every rank must run the same config (its out_dir may differ: node-local disks) on the same data.
     comms.check_agreement({"config": config_digest(cfg), "data": data_fingerprint(data), "--resume": resume})
+    if comms.is_main and len(data.selection):  # what a later dynabert-select must score on (the training run's)
+        record.write(cfg.run.out_dir, record.describe(data, cfg))
     check_batch_sizes(cfg, data, comms.world_size)
     Precision(cfg.run.precision)  # fp16/bf16 on a CPU run is refused now, not after fine-tuning
     ctx = StageContext(cfg, comms, log, data, resume)

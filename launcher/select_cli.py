@@ -5,8 +5,11 @@ none meets them.
 
     dynabert-select runs/demo --batch-size 32 --seq-len 128 --max-latency-ms 800 --min-metric 0.80
 
-The run's ``config.yaml`` says the task, the data and the reported split (dev); ``--glue-dir`` overrides
-where its data is read from (the run may have used ``$GLUE_DIR``, which is read here too).
+Candidates are scored and chosen on the run's selection split (the rows its importance and checkpoint
+selection used), read as the run read them: from its corpus cache, or from the data it recorded in
+``data.json``. Data that is gone or differs is refused in one line; ``--glue-dir`` scores on a GLUE directory
+you name instead, and the card says so. Dev is read once, for the chosen candidate's reported figure
+(``--report-all-on-dev``: for every candidate, in the table; the choice does not change).
 """
 import argparse
 import os
@@ -36,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: paddle, onnxruntime (default both)")
     p.add_argument("--precisions", type=_names, default=("fp32", "int8"), help="comma-separated: fp32, int8")
     p.add_argument("--max-latency-ms", type=float, default=None, help="median latency per batch at most this")
-    p.add_argument("--min-metric", type=float, default=None, help="the task's main metric on dev at least this")
+    p.add_argument("--min-metric", type=float, default=None,
+                   help="the task's main metric on the selection split at least this")
     p.add_argument("--max-params", type=int, default=None, help="at most this many parameters")
     p.add_argument("--max-size-mb", type=float, default=None, help="model files at most this many MB (10^6 B)")
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/select)")
@@ -45,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-rows", type=int, default=128, help="training rows for int8 calibration")
     p.add_argument("--min-runs", type=int, default=10, help="timed runs per candidate at least (default 10)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per candidate at least")
-    p.add_argument("--glue-dir", default=None, help="GLUE data directory (default: the run's, else $GLUE_DIR)")
+    p.add_argument("--glue-dir", default=None,
+                   help="score on this GLUE directory instead of the data the run recorded (the card says so)")
+    p.add_argument("--report-all-on-dev", action="store_true",
+                   help="also read every candidate on dev, for the table (the choice stays on the selection split)")
     return p
 
 
@@ -58,15 +65,15 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"{args.run_dir}: no such run directory")
     if not os.path.isfile(config_path):
         raise UserError(f"{config_path}: missing; RUN_DIR must be a run's output directory")
-    overrides = [f"data.glue_dir={args.glue_dir}"] if args.glue_dir else []
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(config_path)
     options = SelectOptions(
         batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads, runtimes=args.runtimes,
         precisions=args.precisions, out_dir=args.out, onnx_int8=args.onnx_int8,
         calibration_rows=args.calibration_rows, min_runs=args.min_runs, min_seconds=args.min_seconds,
+        report_all_on_dev=args.report_all_on_dev,
         constraints=Constraints(max_latency_ms=args.max_latency_ms, min_metric=args.min_metric,
                                 max_params=args.max_params, max_size_mb=args.max_size_mb))
-    return select_run(args.run_dir, cfg=cfg, options=options, comms_is_main=True, log=_say)
+    return select_run(args.run_dir, cfg=cfg, options=options, comms_is_main=True, glue_dir=args.glue_dir, log=_say)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,6 +11,8 @@ import pytest
 from paddlenlp.transformers import BertTokenizer
 
 from dynabert.config import Config, DataConfig, RunConfig
+from dynabert.data import record
+from dynabert.data.task_data import load_task_data
 from dynabert.deploy.choose import Constraints
 from dynabert.deploy.select import SelectOptions, select_run
 from dynabert.deploy.serve_dir import load_served
@@ -42,9 +44,13 @@ def tiny_run(tmp_path_factory):
     for width in (1.0, 0.5):
         save_exported(extract_submodel(supernet, width), width, tokenizer, str(run / "export" / f"width_{width:g}"))
     (root / "glue").mkdir()
-    cfg = Config(data=DataConfig(glue_dir=str(root / "glue"), allow_download=False, max_seq_len=32, dev_limit=64),
+    cfg = Config(data=DataConfig(glue_dir=str(root / "glue"), allow_download=False, max_seq_len=32, dev_limit=64,
+                                 validation_rows=64),
                  run=RunConfig(out_dir=str(run), eval_batch_size=16))
     (run / "config.yaml").write_text(dump_config(cfg))
+    # What the training run recorded of its data (the pipeline writes it): the built-in set, 64 held out.
+    data = load_task_data(cfg, tokenizer, needs_train=True, log=lambda _: None)
+    record.write(str(run), record.describe(data, cfg))
     return str(run)
 
 
@@ -91,7 +97,12 @@ def test_card_fields_and_types(selected):
     chosen = next(r for r in result["rows"] if r["name"] == result["chosen"])
     assert card["task"] == "sst-2" and card["labels"] == ["0", "1"] and card["max_seq_len"] == 32
     assert card["metric"]["name"] == "accuracy" and card["metric"]["split"] == "dev"
-    assert card["metric"]["examples"] == 64 and card["metric"]["value"] == chosen["metric"]
+    assert card["metric"]["examples"] == 64 and card["metric"]["value"] == result["reported"]["metric"]
+    decided = card["metric"]["selected_on"]
+    assert decided["split"] == "validation" and decided["examples"] == 64 and decided["value"] == chosen["metric"]
+    for figure in (card["metric"], decided):  # each figure names its data
+        assert "built-in synthetic" in figure["source"] and len(figure["digest"]) == 16
+    assert card["metric"]["data_differs_from_run"] is False
     latency = card["latency"]
     assert isinstance(latency["median_ms"], float) and isinstance(latency["p90_ms"], float)
     assert (latency["batch_size"], latency["seq_len"], latency["threads"]) == (4, 16, 1)

@@ -60,14 +60,35 @@ def test_a_run_that_does_not_train_never_reads_the_training_corpus(glue_dir, tok
     assert sorted(os.listdir(tmp_path / "cache")) == ["sst-2.dev", "sst-2.dev.lock"]
 
 
-def test_extra_training_files_are_added_after_the_task_rows(glue_dir, tokenizer, tmp_path):
+def test_train_files_rows_reach_distillation_only_and_are_never_held_out(glue_dir, tokenizer, tmp_path):
+    """An augmented corpus (data.train_files) is for distillation: the compress stages train on it after the
+    task's rows; the teacher's fine-tuning does not see it (unless opted in), and no validation row is
+    drawn from it."""
+    from dynabert.stages.supernet_training import training_batches
+
     extra = tmp_path / "augmented.tsv"
     extra.write_text("sentence\tlabel\nan augmented and wonderful row\t1\na dull augmented row\t0\n")
-    cfg = _cfg(glue_dir, tmp_path / "run", "data.select_on=dev", "data.train_limit=null",
-               f"data.train_files=[{tmp_path}/*.tsv]")
+    cfg = _cfg(glue_dir, tmp_path / "run", f"data.train_files=[{tmp_path}/*.tsv]", "compress.optim.batch_size=2")
     data = prepare_data(cfg, tokenizer, RunLog("", enabled=False))
-    assert len(data.train) == 67349 + 2
-    assert [data.train[len(data.train) - 1].label, data.train[len(data.train) - 2].label] == [0, 1]
+    assert len(data.train) == 3000 and len(data.augmented) == 2 and len(data.distill) == 3002
+    held = np.sort(np.random.RandomState(42).permutation(67349)[:200])  # the task's rows alone decide the carve
+    np.testing.assert_array_equal(data.selection.indices, held)
+    assert [data.distill[3000].label, data.distill[3001].label] == [1, 0]
+    augmented_ids = {tuple(data.augmented[i].input_ids) for i in range(2)}
+    assert not augmented_ids & {tuple(data.selection[i].input_ids) for i in range(len(data.selection))}
+    assert not augmented_ids & {tuple(data.train[i].input_ids) for i in range(len(data.train))}
+
+    class Ctx:  # what training_batches reads of a stage's context
+        comms = type("C", (), {"rank": 0, "world_size": 1})()
+
+    Ctx.cfg, Ctx.data = cfg, data
+    seen = {tuple(row) for batch in training_batches(Ctx).epoch(0) for row, mask in
+            zip(batch["input_ids"], batch["attention_mask"]) for row in [row[mask > 0]]}
+    assert augmented_ids <= seen  # compress trains on them
+
+    opted = prepare_data(_cfg(glue_dir, tmp_path / "run2", f"data.train_files=[{tmp_path}/*.tsv]",
+                              "data.train_files_in_finetune=true"), tokenizer, RunLog("", enabled=False))
+    assert len(opted.train) == 3002 and len(opted.augmented) == 0 and len(opted.distill) == 3002
     extra.write_text("sentence\tlabel\na row with a bad label\t7\n")
     from dynabert.errors import UserError
     with pytest.raises(UserError, match=rf"{extra}:2: "):

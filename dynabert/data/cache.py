@@ -54,11 +54,12 @@ _HASH_BLOCK = 1 << 20
 
 
 def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir, extra_files=(), limit=None,
-            log=print) -> "CachedSplit":
+            log=print, name: str = "") -> "CachedSplit":
     """The cache of one split (built if missing or stale), opened. See the module docstring.
 
     ``tokenizer`` is the PaddleNLP ``BertTokenizer`` whose ids the cache holds (``models.load_tokenizer``);
-    ``extra_files`` (train only) are paths or globs in the task's train TSV format, appended in order."""
+    ``extra_files`` (train only) are paths or globs in the task's train TSV format, appended in order.
+    ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart)."""
     spec = get_task(task)
     extra = expand_files(extra_files)
     if extra and split != "train":
@@ -70,7 +71,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"corpus cache directory {cache_dir}: cannot create it: {e.strerror or e}") from None
-    target = os.path.join(os.path.abspath(os.fspath(cache_dir)), f"{spec.name}.{split}")
+    target = os.path.join(os.path.abspath(os.fspath(cache_dir)), name or f"{spec.name}.{split}")
     lock_path = target + ".lock"
     with _FileLock(lock_path, exclusive=False, log=log):
         manifest, problem = _check(target, fingerprint)

@@ -12,8 +12,8 @@ a maximum over many looks at the same rows.
 """
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -31,12 +31,19 @@ class TaskData:
     task: str
     regression: bool
     num_classes: int
-    train: Sequence
+    train: Sequence       # the task's own training rows (less the validation rows): the teacher learns these
     selection: Sequence   # what importance and checkpoint selection look at
     dev: Sequence         # what the results table reports
     selection_name: str   # "validation" or "dev"
     pad_token_id: int
     pad_to: Optional[int]  # None: dynamic padding
+    augmented: Sequence = ()  # data.train_files' rows: distillation only (unless train_files_in_finetune)
+    sources: Dict[str, str] = field(default_factory=dict)  # split -> where its rows came from, for the record
+
+    @property
+    def distill(self) -> Sequence:
+        """What the compress stages train on: the task's rows and the augmented corpus."""
+        return Joined(self.train, self.augmented) if len(self.augmented) else self.train
 
 
 def carve_indices(n: int, rows: int, seed: int, train_limit: Optional[int]) -> tuple:
@@ -56,11 +63,8 @@ def data_fingerprint(data: TaskData) -> str:
     """A short digest of what each split holds (row count, token lengths, labels): ranks that read
     different files, or the same files differently, disagree on it."""
     h = hashlib.sha256()
-    for split in (data.train, data.selection, data.dev):
-        lengths = getattr(split, "lengths", None)
-        lengths = np.asarray(lengths if lengths is not None else [len(f.input_ids) for f in split], dtype=np.int64)
-        labels = getattr(split, "labels", None)
-        labels = np.asarray(labels if labels is not None else [f.label for f in split], dtype=np.float64)
+    for split in (data.train, data.selection, data.dev, data.augmented):
+        lengths, labels = length_array(split), label_array(split)
         h.update(np.int64(len(lengths)).tobytes() + lengths.tobytes() + labels.tobytes())
     return h.hexdigest()[:16]
 
@@ -70,50 +74,105 @@ def cache_dir(cfg: Config) -> str:
 
 
 def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None]) -> TaskData:
-    """The run's ``TaskData``: dev always; the training rows and the selection split only when the run
-    trains (``needs_train``), so a run that does not train never reads the training corpus."""
+    """The run's ``TaskData``: dev always; the training rows, the selection split and the augmented corpus
+    only when the run trains (``needs_train``), so a run that does not train never reads the training
+    corpus. Validation rows are carved from the task's own training rows only, never from the augmented
+    corpus (whose rows are variants of the training rows: README, "Data")."""
     spec = get_task(cfg.data.task)
     dev_split = spec.dev_splits[0]  # MNLI: dev_matched
     honest = cfg.data.select_on == "validation"
-    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit)
+    sources: Dict[str, str] = {}
+    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit, sources=sources)
+    sources["dev"] = sources.pop(dev_split)  # (MNLI: dev_matched) the reported split, whatever its file
     train: Sequence = []
+    augmented: Sequence = []
     selection: Sequence = [] if honest else dev
     if needs_train:
         # The honest protocol draws validation rows from the whole training set, so it reads all of it.
-        rows = load_features(cfg, spec, "train", tokenizer, log, extra=cfg.data.train_files,
-                             limit=None if honest else cfg.data.train_limit)
+        rows = load_features(cfg, spec, "train", tokenizer, log, limit=None if honest else cfg.data.train_limit,
+                             sources=sources)
         if honest:
             train_idx, held = carve_indices(len(rows), cfg.data.validation_rows, cfg.run.seed, cfg.data.train_limit)
             train, selection = take(rows, train_idx), take(rows, held)
+            sources["validation"] = f"{len(held)} rows of {sources['train']} held out with run.seed {cfg.run.seed}"
             log(f"data: {len(held)} training rows held out for validation (importance and selection); "
                 f"{len(train_idx)} rows trained on; {dev_split} is read only for the report")
         else:
             train = rows
             log(f"data: importance and selection on {dev_split} (the tutorial's protocol)")
+        if cfg.data.train_files:
+            augmented = load_augmented(cfg, spec, tokenizer, log, sources=sources)
+            log(f"data: {len(augmented)} rows of data.train_files for distillation"
+                + (" and the teacher's fine-tuning" if cfg.data.train_files_in_finetune else
+                   " only (the teacher is fine-tuned on the task's own rows)"))
+            if cfg.data.train_files_in_finetune:
+                train, augmented = Joined(train, augmented), []
     else:
         log("data: this run does not train; the training corpus is not read")
     pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
     return TaskData(spec.name, spec.is_regression, spec.num_classes, train, selection, dev,
-                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to)
+                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to, augmented, sources)
 
 
 def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Callable[[str], None], *, limit=None,
-                  extra=()) -> Sequence:
+                  sources: Optional[Dict[str, str]] = None) -> Sequence:
     """A split's features: the corpus cache for GLUE_DIR files, else PaddleNLP's download or the built-in
-    set, tokenized in memory."""
+    set, tokenized in memory. ``sources[split]`` says which."""
     path, _ = glue_file(spec, split, cfg.data.glue_dir)
     if path is not None:
         cached = corpus_cache.prepare(spec, split, path, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len,
-                                      cache_dir=cache_dir(cfg), extra_files=extra, limit=limit, log=log)
-        more = f" + {len(corpus_cache.expand_files(extra))} extra file(s)" if extra else ""
-        log(f"data {split}: GLUE_DIR {path}{more}: {len(cached)} rows, tokenized in {cached.path}")
-        return cached
-    examples, source = load_split(spec, split, cfg.data.glue_dir, limit, cfg.data.allow_download)
-    for file in corpus_cache.expand_files(extra):
-        examples += read_glue_tsv(file, spec, "train")
-    examples = examples[:limit] if limit else examples
-    log(f"data {split}: {source}" + (f" + {len(extra)} extra file pattern(s)" if extra else ""))
-    return encode(examples, tokenizer, cfg.data.max_seq_len)
+                                      cache_dir=cache_dir(cfg), limit=limit, log=log)
+        source = f"GLUE_DIR {os.path.abspath(path)}"
+        log(f"data {split}: {source}: {len(cached)} rows, tokenized in {cached.path}")
+    else:
+        examples, source = load_split(spec, split, cfg.data.glue_dir, limit, cfg.data.allow_download)
+        log(f"data {split}: {source}")
+        cached = encode(examples, tokenizer, cfg.data.max_seq_len)
+    if sources is not None:
+        sources[split] = source
+    return cached
+
+
+def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], None], *,
+                   sources: Optional[Dict[str, str]] = None) -> Sequence:
+    """data.train_files' rows (the task's train TSV format), tokenized once into a cache of their own."""
+    files = corpus_cache.expand_files(cfg.data.train_files)
+    if not files:
+        raise UserError(f"data.train_files: no file matches {', '.join(cfg.data.train_files)}")
+    if sources is not None:
+        sources["augmented"] = ", ".join(os.path.abspath(f) for f in files)
+    if glue_file(spec, "train", cfg.data.glue_dir)[0] is None:  # no cache directory of GLUE files: in memory
+        examples = [e for f in files for e in read_glue_tsv(f, spec, "train")]
+        return encode(examples, tokenizer, cfg.data.max_seq_len)
+    return corpus_cache.prepare(spec, "train", files[0], extra_files=files[1:], tokenizer=tokenizer,
+                                max_seq_len=cfg.data.max_seq_len, cache_dir=cache_dir(cfg), log=log,
+                                name=f"{spec.name}.augmented")
+
+
+class Joined:
+    """Two splits as one, without copying rows (the augmented corpus after the task's own rows)."""
+
+    def __init__(self, first: Sequence, second: Sequence):
+        self.first, self.second = first, second
+        self.lengths = np.concatenate([length_array(first), length_array(second)])
+        self.labels = np.concatenate([label_array(first), label_array(second)])
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i):
+        i = int(i)
+        return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
+
+
+def length_array(split: Sequence) -> np.ndarray:
+    lengths = getattr(split, "lengths", None)
+    return np.asarray(lengths if lengths is not None else [len(f.input_ids) for f in split], dtype=np.int64)
+
+
+def label_array(split: Sequence) -> np.ndarray:
+    labels = getattr(split, "labels", None)
+    return np.asarray(labels if labels is not None else [f.label for f in split], dtype=np.float64)
 
 
 class Rows:

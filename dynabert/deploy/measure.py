@@ -1,9 +1,9 @@
 """What ``select`` measures for each candidate: its metric on the run's reported split, its latency on this
 machine, and a description of the machine.
 
-Metric: the run's config says the task, the data source (``data.glue_dir`` else ``$GLUE_DIR``, ...), the dev
-split and its limit, and ``max_seq_len``; the split is read and tokenised exactly as the pipeline's export stage
-does (``dynabert.data``), and each candidate's logits over it are scored with ``dynabert.data.metrics``.
+Metric: on the run's own splits (``dynabert.data.record``: the rows the run read, or a refusal), the
+selection split to decide and dev for the chosen candidate's reported figure; each candidate's logits are
+scored with ``dynabert.data.metrics``.
 
 Latency: one fixed batch (``batch_size`` x ``seq_len`` random token ids, every position a real token), the
 runners timed in rounds with the order rotated every round, so a slow period of a shared machine hits every
@@ -18,11 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dynabert.config import Config
 from dynabert.data.batching import eval_batches
-from dynabert.data.features import encode
 from dynabert.data.metrics import compute_metrics
-from dynabert.data.sources import load_split
+from dynabert.data.task_data import TaskData
 from dynabert.data.tasks import get_task
 from dynabert.deploy.quantize import INPUT_NAMES
 from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
@@ -31,23 +29,14 @@ from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: d
 # ------------------------------------------------------------------------------------------------
 # metric on the reported split
 # ------------------------------------------------------------------------------------------------
-def reported_split(cfg: Config, tokenizer) -> dict:
-    """{"task", "split", "source", "features", "regression", "metric_name"}: the split the run's results table
-    reports."""
-    spec = get_task(cfg.data.task)
-    split = spec.dev_splits[0]  # MNLI: dev_matched, as the pipeline reports
-    rows, source = load_split(spec.name, split, cfg.data.glue_dir, cfg.data.dev_limit, cfg.data.allow_download)
-    return {"task": spec.name, "split": split, "source": source, "regression": spec.is_regression,
-            "metric_name": spec.main_metric, "features": encode(rows, tokenizer, cfg.data.max_seq_len)}
-
-
-def calibration_features(cfg: Config, tokenizer, *, rows: int, seed: int) -> list:
-    """``rows`` training rows drawn with ``seed``, tokenised: post-training quantization's calibration set.
-    Never the reported split."""
-    spec = get_task(cfg.data.task)
-    examples, _ = load_split(spec.name, "train", cfg.data.glue_dir, None, cfg.data.allow_download)
-    picked = np.random.RandomState(seed).choice(len(examples), size=min(rows, len(examples)), replace=False)
-    return encode([examples[i] for i in sorted(picked)], tokenizer, cfg.data.max_seq_len)
+def split_of(data: TaskData, provenance: dict, name: str) -> dict:
+    """{"task", "split", "source", "digest", "features", "regression", "metric_name"} of one of the run's splits:
+    ``name`` is "validation" (what the run's selection looked at) or "dev" (what its table reports)."""
+    spec = get_task(data.task)
+    features = data.dev if name == "dev" else data.selection
+    return {"task": spec.name, "split": name, "source": provenance["sources"].get(name, "?"),
+            "digest": provenance["splits"].get(name, {}).get("digest"), "regression": spec.is_regression,
+            "metric_name": spec.main_metric, "features": features}
 
 
 def predict_logits(runner: Callable, features: Sequence, *, batch_size: int, pad_token_id: int) -> np.ndarray:
@@ -63,7 +52,7 @@ def predict_logits(runner: Callable, features: Sequence, *, batch_size: int, pad
 def evaluate(runner: Callable, split: dict, *, batch_size: int, pad_token_id: int) -> Dict[str, float]:
     logits = predict_logits(runner, split["features"], batch_size=batch_size, pad_token_id=pad_token_id)
     predictions = logits.reshape(-1) if split["regression"] else logits.argmax(axis=-1)
-    labels = np.asarray([f.label for f in split["features"]])
+    labels = np.asarray([split["features"][i].label for i in range(len(split["features"]))])
     return compute_metrics(split["task"], predictions, labels)
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from dynabert.config import Config
+from dynabert.data import record
+from dynabert.data.record import load_run_data
+from dynabert.data.task_data import TaskData
 from dynabert.deploy import candidates as cands
 from dynabert.deploy import measure
 from dynabert.deploy.choose import Constraints, choose, pareto_front
@@ -43,6 +46,7 @@ class SelectOptions:
     min_runs: int = 10
     min_seconds: float = 2.0
     max_runs: int = 100
+    report_all_on_dev: bool = False  # read dev for every candidate too (the choice stays on the selection split)
 
 
 def _check(options: SelectOptions) -> None:
@@ -62,10 +66,16 @@ def _check(options: SelectOptions) -> None:
 
 
 def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOptions(), comms_is_main: bool = True,
+               data: Optional[TaskData] = None, glue_dir: Optional[str] = None,
                log: Callable[[str], None] = print) -> dict:
     """Measure, tabulate, choose and write (see the module docstring). Returns {"rows", "chosen", "out_dir",
     "served_dir", "machine", "settings", "markdown"}; {} on a rank other than the main one. Raises UserError
-    (exit 2) when no candidate meets the constraints, after the table, JSON and PNG are written."""
+    (exit 2) when no candidate meets the constraints, after the table, JSON and PNG are written.
+
+    ``data``: the run's data (the pipeline's select stage passes what it loaded); None reads what the run
+    recorded (``dynabert/data/record.py``), or ``glue_dir`` on purpose. Candidates are scored and chosen on
+    the run's selection split; dev is read once, for the chosen candidate (every candidate with
+    ``options.report_all_on_dev``)."""
     if not comms_is_main:
         return {}
     _check(options)
@@ -86,20 +96,26 @@ def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOpti
 
     from dynabert.model.pretrained import load_tokenizer
     tokenizer = load_tokenizer(models[0].path)
-    split = measure.reported_split(cfg, tokenizer)
+    if data is None:
+        data, provenance = load_run_data(run_dir, cfg, tokenizer, glue_dir=glue_dir, log=log)
+    else:
+        provenance = {**record.describe(data, cfg), "differs_from_run": False}
+    decide_on = measure.split_of(data, provenance, data.selection_name)
+    report_on = measure.split_of(data, provenance, "dev")
     log(f"select: {len(candidates)} candidates ({len(models)} sub-models x {', '.join(options.runtimes)} x "
-        f"{', '.join(options.precisions)}); metric on {split['split']}: {split['source']}")
+        f"{', '.join(options.precisions)}); chosen on {decide_on['split']} ({decide_on['source']}), the chosen "
+        f"one reported on dev ({report_on['source']})"
+        + ("; data.select_on is dev: the choice and its figure are made on the same rows (optimistic)"
+           if data.selection_name == "dev" else ""))
 
     calibration: Dict[str, list] = {}
-    settings = {"rows": options.calibration_rows, "seed": options.calibration_seed, "task": split["task"],
-                "max_seq_len": cfg.data.max_seq_len}
+    settings = {"rows": options.calibration_rows, "seed": options.calibration_seed, "task": data.task,
+                "max_seq_len": cfg.data.max_seq_len, "source": provenance["sources"].get("train")}
 
     def calibration_set():
-        if "batches" not in calibration:
-            features = measure.calibration_features(cfg, tokenizer, rows=options.calibration_rows,
-                                                    seed=options.calibration_seed)
+        if "batches" not in calibration:  # drawn from the training rows (cached), never the reported split
             calibration["batches"] = calibration_batches(
-                features, batch_size=CALIBRATION_BATCH, batches=-(-len(features) // CALIBRATION_BATCH),
+                data.train, batch_size=CALIBRATION_BATCH, batches=-(-options.calibration_rows // CALIBRATION_BATCH),
                 seed=options.calibration_seed, pad_token_id=tokenizer.pad_token_id)
         return calibration["batches"]
 
@@ -107,11 +123,18 @@ def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOpti
         cands.prepare(c, artifacts=artifacts, calibration=calibration_set, onnx_int8=options.onnx_int8,
                       calibration_settings=settings, log=log)
     runners = {c.name: load_runner(c.runtime, c.precision, c.files, threads=threads) for c in candidates}
-    metrics = MetricCache(os.path.join(artifacts, "metrics.json"), split, cfg.data.max_seq_len)
-    for c in candidates:
-        metrics.get(c, lambda c=c: measure.evaluate(runners[c.name], split, batch_size=cfg.run.eval_batch_size,
-                                                    pad_token_id=tokenizer.pad_token_id))
-    metrics.save()
+
+    def scored(split: dict, names) -> MetricCache:
+        cache = MetricCache(os.path.join(artifacts, f"metrics_{split['split']}.json"), split, cfg.data.max_seq_len)
+        for c in candidates:
+            if c.name in names:
+                cache.get(c, lambda c=c: measure.evaluate(runners[c.name], split, batch_size=cfg.run.eval_batch_size,
+                                                          pad_token_id=tokenizer.pad_token_id))
+        cache.save()
+        return cache
+
+    every = {c.name for c in candidates}
+    metrics = scored(decide_on, every)
     batch = measure.latency_batch(batch_size=options.batch_size, seq_len=options.seq_len,
                                   vocab_size=int(config["vocab_size"]), cls_id=tokenizer.cls_token_id,
                                   sep_id=tokenizer.sep_token_id)
@@ -119,43 +142,58 @@ def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOpti
         f"{threads} thread(s), in rotating rounds (a busy machine makes these numbers noisy)")
     latency = measure.time_runners(runners, batch, warmup=options.warmup, min_runs=options.min_runs,
                                    min_seconds=options.min_seconds, max_runs=options.max_runs)
-    runners.clear()
-    rows = candidate_rows(candidates, metrics=metrics.values, latency=latency, metric_name=split["metric_name"])
+    rows = candidate_rows(candidates, metrics=metrics.values, latency=latency, metric_name=decide_on["metric_name"])
     for i in pareto_front(rows):
         rows[i]["pareto"] = True
+    if options.report_all_on_dev:  # opted in: every candidate read on dev (a table, not a choice)
+        on_dev = scored(report_on, every).values if report_on["split"] != decide_on["split"] else metrics.values
+        for r in rows:
+            r["dev_metric"] = on_dev[r["name"]][report_on["metric_name"]]
 
     machine = measure.machine(threads)
     commit = measure.code_commit()
     run_settings = {"batch_size": options.batch_size, "seq_len": options.seq_len, "threads": threads,
                     "runtimes": list(options.runtimes), "precisions": list(options.precisions),
-                    "onnx_int8": options.onnx_int8, "calibration": settings, "split": split["split"],
-                    "split_source": split["source"], "metric": split["metric_name"],
+                    "onnx_int8": options.onnx_int8, "calibration": settings, "split": decide_on["split"],
+                    "split_source": decide_on["source"], "split_digest": decide_on["digest"],
+                    "metric": decide_on["metric_name"], "report_all_on_dev": options.report_all_on_dev,
+                    "data_differs_from_run": provenance["differs_from_run"],
                     "constraints": options.constraints.as_dict(), "timing": {
                         k: getattr(options, k) for k in ("warmup", "min_runs", "min_seconds", "max_runs")}}
-    markdown = markdown_table(rows, metric_name=split["metric_name"], split=split["split"], settings=run_settings,
-                              machine=machine)
+    markdown = markdown_table(rows, metric_name=decide_on["metric_name"], split=decide_on["split"],
+                              settings=run_settings, machine=machine)
     result = {"run_dir": os.path.abspath(run_dir), "out_dir": os.path.abspath(out_dir), "settings": run_settings,
               "machine": machine, "git_commit": commit, "rows": rows, "chosen": None, "served_dir": None,
-              "markdown": markdown}
+              "reported": None, "markdown": markdown}
     log("\n" + markdown)
     try:
         chosen = choose(rows, options.constraints)
     except UserError:
-        _write_outputs(out_dir, result, rows, split, None)
+        runners.clear()
+        _write_outputs(out_dir, result, rows, decide_on, None)
         raise
     result["chosen"] = chosen["name"]
+    # The chosen candidate's reported figure: dev, read once (already read with --report-all-on-dev).
+    reported = (scored(report_on, {chosen["name"]}).values[chosen["name"]]
+                if report_on["split"] != decide_on["split"] else chosen["metrics"])
+    runners.clear()
+    result["reported"] = {"split": report_on["split"], "metric": reported[report_on["metric_name"]],
+                          "metrics": reported, "source": report_on["source"], "digest": report_on["digest"]}
     picked = next(c for c in candidates if c.name == chosen["name"])
     served = os.path.join(out_dir, "model")
     timing = {**latency[picked.name], "batch_size": options.batch_size, "seq_len": options.seq_len,
               "threads": threads}
-    write_served(picked, served, card(picked, row=chosen, split=split, machine=machine, latency=timing,
-                                      run_dir=run_dir, commit=commit, max_seq_len=cfg.data.max_seq_len,
-                                      constraints=options.constraints.as_dict()))
+    write_served(picked, served, card(picked, row=chosen, decided_on=decide_on, reported_on=report_on,
+                                      reported=reported, machine=machine, latency=timing, run_dir=run_dir,
+                                      commit=commit, max_seq_len=cfg.data.max_seq_len,
+                                      constraints=options.constraints.as_dict(),
+                                      data_differs_from_run=provenance["differs_from_run"]))
     result["served_dir"] = os.path.abspath(served)
-    _write_outputs(out_dir, result, rows, split, chosen["name"])
-    log(f"select: chose {chosen['name']} under {options.constraints.describe()}: {split['metric_name']} "
-        f"{chosen['metric']:.4f}, {chosen['latency_ms']:.1f} ms per batch of {options.batch_size}; written to "
-        f"{served}")
+    _write_outputs(out_dir, result, rows, decide_on, chosen["name"])
+    log(f"select: chose {chosen['name']} under {options.constraints.describe()} on {decide_on['split']} "
+        f"({decide_on['metric_name']} {chosen['metric']:.4f}); on dev {report_on['metric_name']} "
+        f"{reported[report_on['metric_name']]:.4f}; {chosen['latency_ms']:.1f} ms per batch of "
+        f"{options.batch_size}; written to {served}")
     return result
 
 

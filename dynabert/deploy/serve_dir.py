@@ -30,18 +30,28 @@ DEFAULT_MAX_SEQ_LEN = 128  # a plain export does not record the run's data.max_s
 SERVED_NAMES = {"model": "model.pdmodel", "params": "model.pdiparams", "onnx": "model.onnx"}
 
 
-def card(candidate: Candidate, *, row: dict, split: dict, machine: dict, latency: dict, run_dir: str,
-         commit: Optional[str], max_seq_len: int, constraints: dict) -> dict:
-    """The JSON card: every field a person (or a serving system) needs to know what was chosen and why."""
-    m, spec = candidate.model, get_task(split["task"])
+def _figure(split: dict, metrics: dict, metric_name: str) -> dict:
+    return {"split": split["split"], "value": float(metrics[metric_name]), "examples": len(split["features"]),
+            "source": split["source"], "digest": split["digest"],
+            "all": {k: float(v) for k, v in metrics.items()}}
+
+
+def card(candidate: Candidate, *, row: dict, decided_on: dict, reported_on: dict, reported: dict, machine: dict,
+         latency: dict, run_dir: str, commit: Optional[str], max_seq_len: int, constraints: dict,
+         data_differs_from_run: bool = False) -> dict:
+    """The JSON card: every field a person (or a serving system) needs to know what was chosen and why. Each
+    figure names its split, the data's source and digest: ``selected_on`` decided the choice, ``value``
+    (dev, read once for this model) is the one to report."""
+    m, spec = candidate.model, get_task(decided_on["task"])
     return {
         "format": CARD_FORMAT,
         "task": spec.name,
         "labels": list(spec.labels) if spec.labels else None,
         "max_seq_len": int(max_seq_len),
         "max_position_embeddings": max_positions(m.path)[0],  # the longest input it takes (dynabert-predict)
-        "metric": {"name": spec.main_metric, "value": float(row["metric"]), "split": split["split"],
-                   "examples": len(split["features"]), "all": {k: float(v) for k, v in row["metrics"].items()}},
+        "metric": {"name": spec.main_metric, **_figure(reported_on, reported, spec.main_metric),
+                   "selected_on": _figure(decided_on, row["metrics"], spec.main_metric),
+                   "data_differs_from_run": bool(data_differs_from_run)},
         "latency": {"median_ms": float(latency["median_ms"]), "p90_ms": float(latency["p90_ms"]),
                     "runs": int(latency["runs"]), "batch_size": int(latency["batch_size"]),
                     "seq_len": int(latency["seq_len"]), "threads": int(latency["threads"])},

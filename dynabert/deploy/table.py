@@ -45,7 +45,8 @@ def markdown_table(rows: Sequence[dict], *, metric_name: str, split: str, settin
     has_depth = any(r["depth"] is not None for r in rows)
     header = (["candidate", "width"] + (["depth"] if has_depth else [])
               + ["runtime", "precision", "parameters", "size MB", f"{split} {metric_name}", "int8 - fp32",
-                 "median ms", "p90 ms", "x ref", "Pareto", "fastest runtime"])
+                 "median ms", "p90 ms", "x ref", "Pareto", "fastest runtime"]
+              + ([f"dev {metric_name}"] if any("dev_metric" in r for r in rows) else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:"
                                                               for i in range(len(header))) + "|"]
     for r in rows:
@@ -55,7 +56,8 @@ def markdown_table(rows: Sequence[dict], *, metric_name: str, split: str, settin
                  + [r["runtime"], r["precision"], f"{r['parameters']:,}", f"{r['size_mb']:.1f}",
                     f"{r['metric']:.4f}", delta, f"{r['latency_ms']:.1f}", f"{r['p90_ms']:.1f}",
                     "" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}",
-                    "*" if r["pareto"] else "", "yes" if r["fastest_runtime"] else ""])
+                    "*" if r["pareto"] else "", "yes" if r["fastest_runtime"] else ""]
+                 + ([f"{r['dev_metric']:.4f}"] if "dev_metric" in r else []))
         lines.append("| " + " | ".join(cells) + " |")
     s = settings
     intro = (f"Latency: median and p90 over at least {s['timing']['min_runs']} timed runs after "
@@ -75,7 +77,8 @@ class MetricCache:
     def __init__(self, path: str, split: dict, max_seq_len: int):
         self.path = path
         self.split_key = {"task": split["task"], "split": split["split"], "source": split["source"],
-                          "examples": len(split["features"]), "max_seq_len": int(max_seq_len)}
+                          "digest": split["digest"], "examples": len(split["features"]),
+                          "max_seq_len": int(max_seq_len)}
         try:
             with open(path, encoding="utf-8") as f:
                 self._stored = json.load(f)

@@ -16,8 +16,11 @@ from dynabert.train.run_log import RunLog
 
 
 def needs_training_data(cfg: Config) -> bool:
+    """Training stages read the training rows; select reads the selection split carved from them (and int8
+    calibration rows), through the cache."""
     stages = cfg.run.stages
-    return ("finetune" in stages and not cfg.model.teacher) or "compress" in stages or "compress_depth" in stages
+    return (("finetune" in stages and not cfg.model.teacher) or "compress" in stages or "compress_depth" in stages
+            or "select" in stages)
 
 
 def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None) -> TaskData:

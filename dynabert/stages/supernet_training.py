@@ -53,9 +53,10 @@ class BestKeeper:
 
 
 def training_batches(ctx: StageContext) -> GlobalBatches:
-    """The global batches of ``compress.optim``, this rank's share of each; the same order for both stages."""
+    """The global batches of ``compress.optim``, this rank's share of each; the same order for both stages.
+    The task's rows and the augmented corpus (``data.train_files``): distillation is what it is for."""
     cfg, comms, data = ctx.cfg, ctx.comms, ctx.data
-    return GlobalBatches(data.train, cfg.compress.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
+    return GlobalBatches(data.distill, cfg.compress.optim.batch_size, cfg.run.seed, comms.rank, comms.world_size,
                          data.pad_token_id, data.pad_to, key="compress.optim.batch_size",
                          group_by_length=cfg.data.group_by_length)
 

@@ -16,7 +16,8 @@ def check_batch_sizes(cfg: Config, data, world_size: int) -> None:
     for name, optim in stages.items():
         if name in cfg.run.stages and not (name == "finetune" and cfg.model.teacher):
             key = f"{'compress.optim' if name == 'compress' else name}.batch_size"
-            local_batch_size(len(data.train), optim.batch_size, world_size, key)
+            rows = data.train if name == "finetune" else data.distill
+            local_batch_size(len(rows), optim.batch_size, world_size, key)
 
 
 def check_writable(out_dir: str) -> None:
