@@ -116,3 +116,35 @@ def test_dynabert_prepare_builds_the_cache_and_reports(glue_dir, tmp_path, capsy
     assert sorted(p for p in os.listdir(tmp_path / "c") if not p.endswith(".lock")) == ["sst-2.dev", "sst-2.train"]
     assert prepare_cli.main(["--config", TINY, "--set", "data.validation_rows=0"]) == 2
     assert "error: --set: data.validation_rows: must be >= 1" in capsys.readouterr().err
+
+
+def test_variants_of_held_out_rows_are_dropped_when_the_corpus_names_its_source_rows(glue_dir, tokenizer, tmp_path):
+    held = np.sort(np.random.RandomState(42).permutation(67349)[:200])
+    kept_source = int(np.setdiff1d(np.arange(10), held)[0])
+    augmented = tmp_path / "aug" / "augmented.tsv"
+    augmented.parent.mkdir()
+    augmented.write_text("sentence\tlabel\tsource_row\n"
+                         f"a variant of a held out row\t1\t{held[0]}\n"
+                         f"a variant of a trained row\t0\t{kept_source}\n"
+                         f"another held out variant\t1\t{held[1]}\n")
+    lines = []
+    cfg = _cfg(glue_dir, tmp_path / "run", f"data.train_files=[{augmented}]")
+    data = prepare_data(cfg, tokenizer, RunLog("", enabled=False))
+    assert len(data.augmented) == 1 and data.augmented[0].label == 0
+    again = prepare_data(cfg, tokenizer, type("Log", (), {"info": staticmethod(lines.append)})())
+    assert len(again.augmented) == 1  # the column is read once per file version, then reused
+    assert any("2 augmented rows made from held-out validation rows dropped" in line for line in lines)
+    assert os.path.isfile(tmp_path / "run" / "cache" / "sst-2.augmented.source_rows.npz")
+
+    plain = tmp_path / "aug" / "plain.tsv"
+    plain.write_text("sentence\tlabel\nno source column here\t1\n")
+    from dynabert.errors import UserError
+    with pytest.raises(UserError, match=r"plain.tsv: no source_row column, but other data.train_files have one"):
+        prepare_data(_cfg(glue_dir, tmp_path / "run", f"data.train_files=[{tmp_path}/aug/*.tsv]"), tokenizer,
+                     RunLog("", enabled=False))
+    lines.clear()
+    without = prepare_data(_cfg(glue_dir, tmp_path / "run3", f"data.train_files=[{plain}]"), tokenizer,
+                           type("Log", (), {"info": staticmethod(lines.append)})())
+    assert len(without.augmented) == 1
+    assert any("no source_row column, so variants of the held-out validation rows cannot be told apart" in line
+               for line in lines)

@@ -19,6 +19,7 @@ import numpy as np
 
 from dynabert.config import Config
 from dynabert.data import cache as corpus_cache
+from dynabert.data.augmented import source_rows, variants_kept
 from dynabert.data.features import encode
 from dynabert.data.readers import read_glue_tsv
 from dynabert.data.sources import glue_file, load_split
@@ -102,6 +103,8 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
             log(f"data: importance and selection on {dev_split} (the tutorial's protocol)")
         if cfg.data.train_files:
             augmented = load_augmented(cfg, spec, tokenizer, log, sources=sources)
+            if honest:
+                augmented = drop_variants_of_held_out(cfg, spec, augmented, held, log)
             log(f"data: {len(augmented)} rows of data.train_files for distillation"
                 + (" and the teacher's fine-tuning" if cfg.data.train_files_in_finetune else
                    " only (the teacher is fine-tuned on the task's own rows)"))
@@ -147,6 +150,25 @@ def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], 
     return corpus_cache.prepare(spec, "train", files[0], extra_files=files[1:], tokenizer=tokenizer,
                                 max_seq_len=cfg.data.max_seq_len, cache_dir=cache_dir(cfg), log=log,
                                 name=f"{spec.name}.augmented")
+
+
+def drop_variants_of_held_out(cfg: Config, spec: TaskSpec, augmented: Sequence, held: np.ndarray,
+                              log: Callable[[str], None]) -> Sequence:
+    """The augmented rows not made from a held-out training row, when the files say which row each was made
+    from (``source_row``, dynabert/data/augmented.py); all of them, with a warning, when they do not."""
+    folder = cache_dir(cfg)
+    store = os.path.join(folder, f"{spec.name}.augmented.source_rows.npz") if os.path.isdir(folder) else None
+    rows = source_rows(corpus_cache.expand_files(cfg.data.train_files), store)
+    if rows is None:
+        log("data: warning: data.train_files has no source_row column, so variants of the held-out validation "
+            "rows cannot be told apart and may be trained on (README, \"Data\")")
+        return augmented
+    if len(rows) != len(augmented):
+        raise UserError(f"data.train_files: {len(rows)} source_row values for {len(augmented)} rows")
+    keep = variants_kept(rows, held)
+    log(f"data: {len(augmented) - len(keep)} augmented rows made from held-out validation rows dropped "
+        f"(source_row); {len(keep)} kept")
+    return take(augmented, keep)
 
 
 class Joined:
