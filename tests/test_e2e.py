@@ -70,6 +70,10 @@ def test_select_prints_the_candidates_and_picks_one(demo_run):
     assert "| candidate | width | runtime | precision |" in stdout and "select: chose" in stdout
     card = json.load(open(os.path.join(out, "select", "model", "card.json")))
     assert card["latency"]["median_ms"] <= 1000  # the demo's budget
+    # chosen on the 500 held-out training rows, reported on all of dev (read once, for this model)
+    assert card["metric"]["selected_on"]["split"] == "validation" and card["metric"]["selected_on"]["examples"] == 500
+    assert card["metric"]["split"] == "dev" and card["metric"]["examples"] == 872
+    assert card["metric"]["source"].startswith("GLUE_DIR ") and not card["metric"]["data_differs_from_run"]
     rows = {r["name"]: r for r in json.load(open(os.path.join(out, "select", "candidates.json")))["rows"]}
     fp32, int8 = rows["width_0.5/onnxruntime/fp32"], rows["width_0.5/onnxruntime/int8"]
     assert int8["metric"] >= fp32["metric"] - 0.015  # int8 evaluated, within 1.5 points of fp32
