@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the config's training data (as training loads it), synthetic rows if it has none")
     p.add_argument("--lengths", help="synthetic rows' token counts: N, or A-B drawn uniformly (default max_seq_len)")
     p.add_argument("--report", help="directory for bench.md/.json/.png (default <out_dir>/bench)")
+    p.add_argument("--peak-seconds", dest="peak_seconds", type=float, default=1.0,
+                   help="seconds per shape of the matmul benchmark that MFU is measured against (default 1)")
     return p
 
 
@@ -146,7 +148,7 @@ def plan(args: argparse.Namespace, *, gpu_labels: Optional[Sequence[str]], repor
         for text in cli.worker_overrides(args):
             worker += ["--set", text]
         worker += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--data", args.data,
-                   "--nnodes", str(args.nnodes), "--result", result]
+                   "--nnodes", str(args.nnodes), "--result", result, "--peak-seconds", str(args.peak_seconds)]
         worker += (["--lengths", f"{lengths[0]}-{lengths[1]}"] if lengths else [])
         worker += (["--compare-reference"] if args.compare_reference else [])
         runs.append(Run(ws, opts, result, worker))
@@ -239,6 +241,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-reference", dest="compare_reference", action="store_true")
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--result", required=True)
+    p.add_argument("--peak-seconds", dest="peak_seconds", type=float, default=1.0)
     return p
 
 
@@ -284,8 +287,15 @@ def measure_rank(cfg, comms, args: argparse.Namespace, lengths: Optional[Tuple[i
     state = {k: v.numpy() for k, v in teacher.state_dict().items()} if args.compare_reference else None
     step = B.CompressStep(teacher, cfg, comms, regression=w.regression, steps=total, sync=sync)
     records = B.measure(step, B.global_batches(w, cfg, comms), warmup=args.warmup, steps=args.steps, sync=sync,
-                        barrier=comms.barrier, on_step=_progress(comms, "project", args.warmup, total))
+                        barrier=comms.barrier, on_step=_progress(comms, "project", args.warmup, total),
+                        flops=step.flops)
     mine = B.rank_report(records, comms, B.peak_memory())
+    # MFU's denominator, on every rank at once (each beside the others, as in the step), in the step's dtype.
+    comms.barrier()
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(cfg.run.precision, "float32")
+    mine["matmul_peak_flops"] = {kind: B.matmul_peak(shapes, dtype=dtype, min_seconds=args.peak_seconds, sync=sync)
+                                 for kind, shapes in B.peak_shapes(step.shape).items()}
+    mine["peak_dtype"] = dtype
     # Read PaddleCollectives' own counters: nothing else all-reduced yet, so this is per step.
     mine["all_reduce_calls_per_step"] = mine.pop("all_reduce_calls") / total
     mine["all_reduce_bytes_per_step"] = mine.pop("all_reduce_bytes") / total

@@ -58,6 +58,7 @@ def world_size_summary(result: dict) -> dict:
            "memory_kind": ranks[0]["memory"]["kind"],
            "all_reduce_calls_per_step": ranks[0]["all_reduce_calls_per_step"],
            "all_reduce_bytes_per_step": ranks[0]["all_reduce_bytes_per_step"],
+           **utilisation(ranks),
            "devices": [f"{r['host']}:{r['device']}" + (f" ({r['device_name']})" if r.get("device_name") else "")
                        for r in ranks],
            "reference": None, "ratio_project_over_reference": None}
@@ -66,6 +67,23 @@ def world_size_summary(result: dict) -> dict:
         out["reference"] = ref
         out["ratio_project_over_reference"] = out["median_step_s"] / ref["median_step_s"]
     return out
+
+
+def utilisation(ranks: Sequence[dict]) -> dict:
+    """Model FLOPs per step (all ranks; dynabert/model/flops.py), the FLOP/s achieved per rank over the timed
+    steps (the slowest rank's time, as throughput), and MFU: that over the matmul rate the rank measured on
+    the spot, at the model's own shapes and at a large square one."""
+    n = min(len(r["steps"]) for r in ranks)
+    flops = sum(s.get("flops", 0) for r in ranks for s in r["steps"][:n])
+    if not flops or not all("matmul_peak_flops" in r for r in ranks):
+        return {"flops_per_step": None, "flops_per_s_per_rank": None, "matmul_peak_flops_per_rank": None,
+                "mfu": None}
+    wall = max(sum(s["seconds"] for s in r["steps"][:n]) for r in ranks)
+    per_rank = flops / wall / len(ranks)
+    peak = {kind: float(np.median([r["matmul_peak_flops"][kind] for r in ranks]))
+            for kind in ranks[0]["matmul_peak_flops"]}
+    return {"flops_per_step": flops / n, "flops_per_s_per_rank": per_rank, "matmul_peak_flops_per_rank": peak,
+            "peak_dtype": ranks[0].get("peak_dtype"), "mfu": {kind: per_rank / v for kind, v in peak.items()}}
 
 
 def add_efficiency(rows: List[dict]) -> None:
@@ -142,6 +160,17 @@ def markdown(report: dict) -> str:
              f"Data: {w['data']}.", "", _md(head, table), "",
              "Step breakdown, seconds per step (mean over timed steps and ranks; all-reduce includes waiting for "
              "the slowest rank):", "", _md(bhead, btable)]
+    if rows[0].get("mfu"):
+        uhead = ["world size", "GFLOP per step", "GFLOP/s per rank", "matmul peak GFLOP/s (model shapes / 2048^3)",
+                 "MFU (model shapes)", "MFU (2048^3)"]
+        utable = [[r["world_size"], f"{r['flops_per_step'] / 1e9:,.1f}", f"{r['flops_per_s_per_rank'] / 1e9:,.1f}",
+                   f"{r['matmul_peak_flops_per_rank']['model'] / 1e9:,.1f} / "
+                   f"{r['matmul_peak_flops_per_rank']['square'] / 1e9:,.1f}",
+                   f"{r['mfu']['model']:.0%}", f"{r['mfu']['square']:.0%}"] for r in rows]
+        lines += ["", "How close to the machine's limit: model FLOPs per step (the teacher's forward and every width's "
+                  "forward and backward, matmul and attention terms: docs/benchmarking.md), the rate achieved per "
+                  f"rank, and the matmul rate each rank measured on the spot ({rows[0]['peak_dtype']}, beside the "
+                  "others, as in the step); MFU is the first over the second.", "", _md(uhead, utable)]
     if rows[0]["reference"]:
         lines += ["", "Tutorial loop (benchmarks/seed_reference.py) on the same batches: "
                   + "; ".join(f"world size {r['world_size']}: {r['reference']['samples_per_s']:.3g} samples/s, "

@@ -197,7 +197,8 @@ def bench_run(tiny_model_dir, tmp_path_factory):
     env["PYTHONPATH"] = ROOT
     done = subprocess.run([sys.executable, "-m", "launcher.bench", "--config", TINY, "--set",
                            f"model.name_or_path={tiny_model_dir}", "--out_dir", out, "--device", "cpu",
-                           "--world-sizes", "1,2", "--steps", "3", "--warmup", "1", "--compare-reference"],
+                           "--world-sizes", "1,2", "--steps", "3", "--warmup", "1", "--compare-reference",
+                           "--peak-seconds", "0.05"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout
@@ -233,6 +234,14 @@ def test_run_reports_every_world_size(bench_run):
     # PaddleCollectives' own counters: one fused all-reduce per step with 2 processes, none with 1
     assert one["all_reduce_calls_per_step"] == 0 and two["all_reduce_calls_per_step"] == 1
     assert two["all_reduce_bytes_per_step"] > 0
+    # MFU: the same global batches (padded alike on every rank) are the same FLOPs at either world size; the
+    # rate achieved and the matmul rate each rank measured give the fraction.
+    assert one["flops_per_step"] == two["flops_per_step"] > 0
+    for row in (one, two):
+        peak = row["matmul_peak_flops_per_rank"]
+        assert _positive(peak["model"]) and _positive(peak["square"]) and row["peak_dtype"] == "float32"
+        assert row["mfu"]["model"] == pytest.approx(row["flops_per_s_per_rank"] / peak["model"])
+    assert "MFU (model shapes)" in stdout
 
 
 @pytest.mark.dist

@@ -29,6 +29,7 @@ from dynabert.data.sources import load_split
 from dynabert.data.tasks import get_task
 from dynabert.errors import UserError
 from dynabert.model import pretrained
+from dynabert.model.flops import compress_step_flops
 from dynabert.model.outputs import HiddenStates
 from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.model.supernet import Supernet, check_widths
@@ -172,6 +173,15 @@ class CompressStep:
                                 self.precision)
         self.timer = PhaseTimer(sync)
         self.supernet.train()
+        self.shape, self.num_classes = self.supernet.shape, int(teacher.config.num_labels or 1)
+
+    def flops(self, batch: Dict[str, np.ndarray]) -> int:
+        """The model FLOPs of one step on this rank's ``batch`` (dynabert/model/flops.py)."""
+        ccfg = self.cfg.compress
+        rows, seq_len = batch["input_ids"].shape
+        return compress_step_flops(self.shape, widths=self.supernet.widths, batch=int(rows), seq_len=int(seq_len),
+                                   num_classes=self.num_classes,
+                                   teacher_runs=bool(ccfg.lambda_distill or ccfg.lambda_logit))
 
     def forward_backward(self, batch: Dict[str, paddle.Tensor], index: int) -> Dict[float, Dict[str, paddle.Tensor]]:
         """As ``trainer.train`` runs ``step_fn``: the step's dropout seed, autocast, then the compress
@@ -205,12 +215,14 @@ class StepRecord:
     samples: int
     tokens: int          # real tokens (attention mask)
     padded_tokens: int   # what the model computed on
+    flops: int = 0       # model FLOPs of this rank's step (0: not counted, e.g. the reference loop)
 
 
 def measure(step: Callable[[Dict[str, np.ndarray], int], Dict[str, float]],
             batches: Iterator[Dict[str, np.ndarray]], *, warmup: int, steps: int,
             sync: Optional[Callable[[], None]] = None, barrier: Callable[[], None] = lambda: None,
-            on_step: Callable[[int, float], None] = lambda i, s: None) -> List[StepRecord]:
+            on_step: Callable[[int, float], None] = lambda i, s: None,
+            flops: Callable[[Dict[str, np.ndarray]], int] = lambda batch: 0) -> List[StepRecord]:
     """``warmup`` untimed steps, a barrier (the ranks start the timed steps together), then ``steps``
     timed ones; each timed from before its host-to-device copy to after the optimizer, as the loop does."""
     sync = sync or (lambda: None)
@@ -227,8 +239,41 @@ def measure(step: Callable[[Dict[str, np.ndarray], int], Dict[str, float]],
         on_step(index, seconds)
         if index >= warmup:
             mask = batch["attention_mask"]
-            records.append(StepRecord(seconds, phases, int(mask.shape[0]), int(mask.sum()), int(mask.size)))
+            records.append(StepRecord(seconds, phases, int(mask.shape[0]), int(mask.sum()), int(mask.size),
+                                      flops(batch)))
     return records
+
+
+def matmul_peak(shapes: Sequence[Tuple[int, int, int]], *, dtype: str = "float32", min_seconds: float = 1.0,
+                sync: Optional[Callable[[], None]] = None) -> float:
+    """The device's matmul rate on the spot (FLOP/s): ``[M, K] x [K, N]`` for each shape, repeated until
+    ``min_seconds``, the best shape's rate. MFU's denominator: what this device, with this process's
+    threads and whatever else runs beside it, reaches on the one operation that dominates the step."""
+    sync = sync or (lambda: None)
+    best = 0.0
+    for m, k, n in shapes:
+        a, b = paddle.rand([m, k]).astype(dtype), paddle.rand([k, n]).astype(dtype)
+        paddle.matmul(a, b)  # warm-up: kernel selection, allocation
+        sync()
+        reps, start = 0, time.perf_counter()
+        while True:
+            out = paddle.matmul(a, b)
+            reps += 1
+            if reps % 4 == 0:
+                float(out[0, 0])  # a host read drains the queue (CPU: no-op)
+                sync()
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds:
+                    break
+        best = max(best, 2.0 * m * k * n * reps / elapsed)
+    return best
+
+
+def peak_shapes(shape: Dict[str, int], tokens: int = 2048) -> Dict[str, List[Tuple[int, int, int]]]:
+    """A large square matmul, and the model's own projection and FFN shapes over ``tokens`` rows."""
+    hidden, ffn = shape["hidden"], shape["ffn"]
+    return {"square": [(2048, 2048, 2048)],
+            "model": [(tokens, hidden, hidden), (tokens, hidden, ffn), (tokens, ffn, hidden)]}
 
 
 def rank_report(records: Sequence[StepRecord], comms: Collectives, memory: Dict[str, object]) -> dict:
