@@ -84,3 +84,13 @@ def test_a_resumed_state_is_continued_not_reset(tmp_path):
                          name_of=keeper.name_of, save_models=lambda keys: saved.append(keys), state=keeper.state)
     resumed.offer(20, {1.0: {"accuracy": 0.79}})
     assert resumed.state["step"] == 10 and len(saved) == 1
+
+
+def test_sub_models_still_rising_at_the_last_evaluation_are_named(tmp_path):
+    keeper, _, _ = make_keeper(tmp_path, "supernet")
+    keeper.offer(10, {1.0: {"accuracy": 0.8}, 0.25: {"accuracy": 0.6}})
+    assert keeper.still_rising() == []  # one evaluation says nothing about a trend
+    keeper.offer(20, {1.0: {"accuracy": 0.9}, 0.25: {"accuracy": 0.65}})
+    keeper.offer(30, {1.0: {"accuracy": 0.85}, 0.25: {"accuracy": 0.7}})  # width 1 flattened, 0.25 still rising
+    assert keeper.still_rising() == [("0.25", 0.65, 0.7)]
+    assert keeper.state["recent"] == {"1": [0.9, 0.85], "0.25": [0.65, 0.7]}  # in the checkpointed state

@@ -31,6 +31,9 @@ class BestKeeper:
         self.state = state or {"select": self.select, "step": None, "mean": None, entries: {}}
 
     def offer(self, step: int, results: Dict[Hashable, Dict[str, float]]) -> None:
+        recent = self.state.setdefault("recent", {})  # each sub-model's last two evaluations, for still_rising
+        for k, r in results.items():
+            recent[self.name_of(k)] = (recent.get(self.name_of(k), []) + [r[self.metric]])[-2:]
         kept = self.state[self.entries]
         if self.select == "per_width":
             better = [k for k, r in results.items() if improves(r, kept.get(self.name_of(k)), self.metric)]
@@ -45,6 +48,12 @@ class BestKeeper:
         if self.select == "supernet":
             self.state.update(step=step, mean=mean)
         self.ctx.comms.run_on_main(lambda: self._save(better))
+
+    def still_rising(self) -> List[tuple]:
+        """(name, previous, last) of every sub-model whose selection metric rose at the last evaluation:
+        it had not finished learning when training stopped (the smallest width learns slowest)."""
+        return [(name, values[0], values[1]) for name, values in self.state.get("recent", {}).items()
+                if len(values) == 2 and values[1] > values[0]]
 
     def _save(self, keys: List[Hashable]) -> None:
         self.save_models(keys)
@@ -69,6 +78,10 @@ def finish_training(ctx: StageContext, name: str, supernet, outcome: TrainResult
     for states in hidden_states:
         states.remove()
     ctx.comms.run_on_main(lambda: atomic_paddle_save(supernet.state_dict(), ctx.path(name, "supernet.pdparams")))
+    for sub, before, last in keeper.still_rising():
+        ctx.log.info(f"{name}: warning: {sub}'s {keeper.metric} on {ctx.data.selection_name} was still rising at the "
+                     f"last evaluation ({before:.4f} -> {last:.4f}); it may gain from more training: try a higher "
+                     "compress.optim.learning_rate (docs/recipe.md) or more compress.optim.epochs")
     speed = global_throughput(outcome.throughput, ctx.comms)
     ctx.log.info(f"{name}: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
     return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps}
