@@ -93,3 +93,11 @@ def remove_leftovers(root: str, *, skip: Sequence[str] = ()) -> List[str]:
             removed.append(os.path.join(folder, name))
     return sorted(removed)
 
+
+def remove_path(path: str) -> None:
+    """A file or a whole directory."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+

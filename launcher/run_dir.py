@@ -21,11 +21,11 @@ restarts with ``--resume auto`` and passes ``--overwrite`` to its first attempt 
 wipes the checkpoints it is about to resume from.
 """
 import os
-import shutil
 from typing import TYPE_CHECKING, List, Optional
 
 from dynabert.config import STAGES, Config
 from dynabert.errors import UserError
+from dynabert.io_utils import remove_path
 
 if TYPE_CHECKING:  # dynabert.collectives imports paddle, which dynabert-launch itself never loads
     from dynabert.collectives import Collectives
@@ -98,11 +98,7 @@ def check_fresh_start(cfg: Config, comms: "Collectives", resume: Optional[str], 
                             "replace; continue that run with --resume auto, or start over with --overwrite (deletes "
                             "them); nothing was changed")
         for rel in found:
-            path = os.path.join(out_dir, rel)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+            remove_path(os.path.join(out_dir, rel))
         return found
 
     removed = comms.decide(look)

@@ -5,12 +5,12 @@ evaluated once. Rank 0 writes ``export/width_W`` (weights, config, vocabulary, P
 """
 import json
 import os
-import shutil
 from typing import Callable, Iterable, List
 
 from paddlenlp.transformers import BertConfig
 
 from dynabert.errors import UserError
+from dynabert.io_utils import remove_path
 from dynabert.model.export import (
     EXPORT_META,
     build_small_model,
@@ -60,11 +60,7 @@ def remove_earlier_exports(root: str, names: Iterable[str], log: Callable[[str],
     keep = set(names)
     removed = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else []) if n not in keep)
     for name in removed:
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        remove_path(os.path.join(root, name))
     if removed:
         log(f"export: removed {', '.join(removed)} from {root}: not this run's sub-models (an earlier run's)")
     return removed
