@@ -20,9 +20,9 @@ import numpy as np
 from dynabert.config import Config
 from dynabert.data import cache as corpus_cache
 from dynabert.data.features import encode
-from dynabert.data.readers import read_glue_tsv
-from dynabert.data.sources import glue_file, load_split
-from dynabert.data.tasks import TaskSpec, get_task
+from dynabert.data.readers import read_examples
+from dynabert.data.sources import load_split, task_file
+from dynabert.data.tasks import TaskSpec, task_spec
 from dynabert.errors import UserError
 
 
@@ -37,6 +37,7 @@ class TaskData:
     selection_name: str   # "validation" or "dev"
     pad_token_id: int
     pad_to: Optional[int]  # None: dynamic padding
+    spec: TaskSpec        # the task's labels and metric (compute_metrics, main_metric_name take it)
 
 
 def carve_indices(n: int, rows: int, seed: int, train_limit: Optional[int]) -> tuple:
@@ -72,7 +73,7 @@ def cache_dir(cfg: Config) -> str:
 def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None]) -> TaskData:
     """The run's ``TaskData``: dev always; the training rows and the selection split only when the run
     trains (``needs_train``), so a run that does not train never reads the training corpus."""
-    spec = get_task(cfg.data.task)
+    spec = task_spec(cfg)
     dev_split = spec.dev_splits[0]  # MNLI: dev_matched
     honest = cfg.data.select_on == "validation"
     dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit)
@@ -94,23 +95,24 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
         log("data: this run does not train; the training corpus is not read")
     pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
     return TaskData(spec.name, spec.is_regression, spec.num_classes, train, selection, dev,
-                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to)
+                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to, spec)
 
 
 def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Callable[[str], None], *, limit=None,
                   extra=()) -> Sequence:
-    """A split's features: the corpus cache for GLUE_DIR files, else PaddleNLP's download or the built-in
-    set, tokenized in memory."""
-    path, _ = glue_file(spec, split, cfg.data.glue_dir)
+    """A split's features: the corpus cache for files (GLUE_DIR's, custom data's), else PaddleNLP's download
+    or the built-in set, tokenized in memory."""
+    path, _ = task_file(spec, split, cfg.data.glue_dir)
     if path is not None:
         cached = corpus_cache.prepare(spec, split, path, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len,
                                       cache_dir=cache_dir(cfg), extra_files=extra, limit=limit, log=log)
         more = f" + {len(corpus_cache.expand_files(extra))} extra file(s)" if extra else ""
-        log(f"data {split}: GLUE_DIR {path}{more}: {len(cached)} rows, tokenized in {cached.path}")
+        where = "" if spec.is_custom else "GLUE_DIR "
+        log(f"data {split}: {where}{path}{more}: {len(cached)} rows, tokenized in {cached.path}")
         return cached
     examples, source = load_split(spec, split, cfg.data.glue_dir, limit, cfg.data.allow_download)
     for file in corpus_cache.expand_files(extra):
-        examples += read_glue_tsv(file, spec, "train")
+        examples += read_examples(file, spec, "train")
     examples = examples[:limit] if limit else examples
     log(f"data {split}: {source}" + (f" + {len(extra)} extra file pattern(s)" if extra else ""))
     return encode(examples, tokenizer, cfg.data.max_seq_len)
