@@ -1,9 +1,10 @@
 """What ``select`` measures for each candidate: its metric on the run's reported split, its latency on this
 machine, and a description of the machine.
 
-Metric: the run's config says the task, the data source (``data.glue_dir`` else ``$GLUE_DIR``, ...), the dev
-split and its limit, and ``max_seq_len``; the split is read and tokenised exactly as the pipeline's export stage
-does (``dynabert.data``), and each candidate's logits over it are scored with ``dynabert.data.metrics``.
+Metric: the run's config says the task (a GLUE task, or custom data's files, labels and metric), the data
+source (``data.glue_dir`` else ``$GLUE_DIR``, ...), the dev split and its limit, and ``max_seq_len``; the split
+is read and tokenised exactly as the pipeline's export stage does (``dynabert.data``), and each candidate's
+logits over it are scored with ``dynabert.data.metrics``.
 
 Latency: one fixed batch (``batch_size`` x ``seq_len`` random token ids, every position a real token), the
 runners timed in rounds with the order rotated every round, so a slow period of a shared machine hits every
@@ -23,7 +24,7 @@ from dynabert.data.batching import eval_batches
 from dynabert.data.features import encode
 from dynabert.data.metrics import compute_metrics
 from dynabert.data.sources import load_split
-from dynabert.data.tasks import get_task
+from dynabert.data.tasks import task_spec
 from dynabert.deploy.quantize import INPUT_NAMES
 from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
 
@@ -32,20 +33,19 @@ from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: d
 # metric on the reported split
 # ------------------------------------------------------------------------------------------------
 def reported_split(cfg: Config, tokenizer) -> dict:
-    """{"task", "split", "source", "features", "regression", "metric_name"}: the split the run's results table
-    reports."""
-    spec = get_task(cfg.data.task)
+    """{"task", "spec", "split", "source", "features", "regression", "metric_name"}: the split the run's results
+    table reports (``spec``: the task's TaskSpec, its labels and metric)."""
+    spec = task_spec(cfg)
     split = spec.dev_splits[0]  # MNLI: dev_matched, as the pipeline reports
-    rows, source = load_split(spec.name, split, cfg.data.glue_dir, cfg.data.dev_limit, cfg.data.allow_download)
-    return {"task": spec.name, "split": split, "source": source, "regression": spec.is_regression,
+    rows, source = load_split(spec, split, cfg.data.glue_dir, cfg.data.dev_limit, cfg.data.allow_download)
+    return {"task": spec.name, "spec": spec, "split": split, "source": source, "regression": spec.is_regression,
             "metric_name": spec.main_metric, "features": encode(rows, tokenizer, cfg.data.max_seq_len)}
 
 
 def calibration_features(cfg: Config, tokenizer, *, rows: int, seed: int) -> list:
     """``rows`` training rows drawn with ``seed``, tokenised: post-training quantization's calibration set.
     Never the reported split."""
-    spec = get_task(cfg.data.task)
-    examples, _ = load_split(spec.name, "train", cfg.data.glue_dir, None, cfg.data.allow_download)
+    examples, _ = load_split(task_spec(cfg), "train", cfg.data.glue_dir, None, cfg.data.allow_download)
     picked = np.random.RandomState(seed).choice(len(examples), size=min(rows, len(examples)), replace=False)
     return encode([examples[i] for i in sorted(picked)], tokenizer, cfg.data.max_seq_len)
 
@@ -64,7 +64,7 @@ def evaluate(runner: Callable, split: dict, *, batch_size: int, pad_token_id: in
     logits = predict_logits(runner, split["features"], batch_size=batch_size, pad_token_id=pad_token_id)
     predictions = logits.reshape(-1) if split["regression"] else logits.argmax(axis=-1)
     labels = np.asarray([f.label for f in split["features"]])
-    return compute_metrics(split["task"], predictions, labels)
+    return compute_metrics(split["spec"], predictions, labels)
 
 
 # ------------------------------------------------------------------------------------------------

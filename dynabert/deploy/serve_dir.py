@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from dynabert.data.tasks import get_task
 from dynabert.deploy.candidates import Candidate
 from dynabert.deploy.runtime import Runner, load_runner
 from dynabert.errors import UserError
@@ -33,11 +32,12 @@ SERVED_NAMES = {"model": "model.pdmodel", "params": "model.pdiparams", "onnx": "
 def card(candidate: Candidate, *, row: dict, split: dict, machine: dict, latency: dict, run_dir: str,
          commit: Optional[str], max_seq_len: int, constraints: dict) -> dict:
     """The JSON card: every field a person (or a serving system) needs to know what was chosen and why."""
-    m, spec = candidate.model, get_task(split["task"])
+    m, spec = candidate.model, split["spec"]
     return {
         "format": CARD_FORMAT,
         "task": spec.name,
         "labels": list(spec.labels) if spec.labels else None,
+        "text_columns": [spec.text_a, spec.text_b],  # the input's columns (dynabert-predict reads them too)
         "max_seq_len": int(max_seq_len),
         "max_position_embeddings": max_positions(m.path)[0],  # the longest input it takes (dynabert-predict)
         "metric": {"name": spec.main_metric, "value": float(row["metric"]), "split": split["split"],
@@ -104,11 +104,14 @@ def _read_card(path: str) -> dict:
 
 
 def _export_card(path: str) -> dict:
-    """A plain export directory: its Paddle inference model in fp32. Its config does not say the task, so the
-    labels are the class indices (one output: a regression score)."""
+    """A plain export directory: its Paddle inference model in fp32. Its labels are those its metadata records
+    (an export made before they were recorded: the class indices; one output: a regression score)."""
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    return {"runtime": "paddle", "precision": "fp32", "task": None, "labels": None,
+    with open(os.path.join(path, EXPORT_META), encoding="utf-8") as f:
+        task = json.load(f).get("task") or {}
+    return {"runtime": "paddle", "precision": "fp32", "task": task.get("name"), "labels": task.get("labels"),
+            "text_columns": task.get("text_columns"),
             "max_seq_len": min(DEFAULT_MAX_SEQ_LEN, int(config.get("max_position_embeddings", 512))),
             "files": {"model": "inference/model.pdmodel", "params": "inference/model.pdiparams"}}
 
