@@ -4,7 +4,8 @@ Loading (YAML, ``--set`` overrides, error messages with dotted keys) lives in ``
 this module only says what can be configured and which values make sense. Runtime facts (rank, world
 size, total steps) are never stored here: they are computed from the config and the environment.
 """
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from typing import Optional, Tuple
 
 from dynabert.errors import UserError
@@ -26,8 +27,56 @@ class ModelConfig:
     dropout: Optional[float] = None
 
 
+CUSTOM_TASK = "custom"
+CUSTOM_FORMATS = ("auto", "csv", "tsv", "jsonl")
+# File extensions format "auto" knows (the training file's decides).
+CUSTOM_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+CUSTOM_METRICS = ("accuracy", "f1", "mcc", "pearson_spearman")
+
+
+@dataclass(frozen=True)
+class CustomDataConfig:
+    """Your own data (``data.task: custom``): a training and an evaluation file in CSV, TSV or JSON lines."""
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None  # what the results table reports (the role GLUE's dev plays)
+    # csv / tsv (a header line names the columns; fields may be quoted as Python's csv module and pandas
+    # write them) or jsonl (one JSON object per line). "auto": from the training file's extension.
+    format: str = "auto"
+    text_column: str = "text"
+    pair_column: Optional[str] = None  # for sentence-pair tasks
+    label_column: str = "label"
+    # The label set, in a fixed order: the model's class i is labels[i]. For F1, labels[1] is the positive
+    # class (as GLUE's "1"). Labels are text: quote numbers in YAML (["0", "1"]).
+    labels: Optional[Tuple[str, ...]] = None
+    # A number to predict instead of a class (one output, MSE; like STS-B). Exclusive with labels.
+    regression: bool = False
+    # accuracy | f1 (binary: F1 of labels[1], accuracy reported too) | mcc (Matthews correlation) |
+    # pearson_spearman (regression; selects on Pearson). Default: accuracy, or pearson_spearman for regression.
+    metric: Optional[str] = None
+
+
+def custom_format(custom: CustomDataConfig) -> str:
+    """csv, tsv or jsonl: ``format`` as given, or (auto) from the training file's extension."""
+    if custom.format != "auto":
+        return custom.format
+    formats = {}
+    for key in ("train_file", "eval_file"):
+        path = getattr(custom, key) or ""
+        ext = os.path.splitext(path)[1].lower()
+        _check(ext in CUSTOM_EXTENSIONS, "data.custom.format",
+               f"auto cannot tell the format of {key} {path!r} from its extension (known: "
+               f"{', '.join(CUSTOM_EXTENSIONS)}); set csv, tsv or jsonl")
+        formats[key] = CUSTOM_EXTENSIONS[ext]
+    _check(len(set(formats.values())) == 1, "data.custom.format",
+           f"auto: the training file is {formats['train_file']} but the evaluation file is {formats['eval_file']}; "
+           "convert one, or set the format both are in")
+    return formats["train_file"]
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    # A GLUE task (sst-2, cola, mrpc, sts-b, qqp, mnli, qnli, rte) or "custom": your own files, described by
+    # the `custom` section below.
     task: str = "sst-2"
     # Directory holding the original GLUE TSV folders (SST-2/, MRPC/, ...). Default: $GLUE_DIR.
     glue_dir: Optional[str] = None
@@ -55,6 +104,11 @@ class DataConfig:
     # Where the tokenized corpus cache lives (see dynabert/data/cache.py). Default <run.out_dir>/cache;
     # point runs at one directory (node-local or shared by all nodes) to tokenize a corpus once for all.
     cache_dir: Optional[str] = None
+    custom: CustomDataConfig = field(default_factory=CustomDataConfig)
+
+    @property
+    def is_custom(self) -> bool:
+        return self.task.strip().lower() == CUSTOM_TASK
 
 
 @dataclass(frozen=True)
@@ -198,6 +252,50 @@ def _check_depths(depths) -> None:
     _check(1.0 in depths, "compress.depths", f"must include 1.0 (the full depth), got {list(depths)}")
 
 
+def _check_custom(data: DataConfig) -> None:
+    c = data.custom
+    if not data.is_custom:
+        changed = [f.name for f in fields(c) if getattr(c, f.name) != f.default]
+        _check(not changed, f"data.custom.{changed[0] if changed else ''}",
+               f"only read when data.task is custom (data.task is {data.task!r})")
+        return
+    for key in ("train_file", "eval_file"):
+        _check(bool(getattr(c, key)), f"data.custom.{key}", "required when data.task is custom")
+    _check(c.format in CUSTOM_FORMATS, "data.custom.format",
+           f"must be one of {', '.join(CUSTOM_FORMATS)}, got {c.format!r}")
+    custom_format(c)
+    columns = {"text_column": c.text_column, "pair_column": c.pair_column, "label_column": c.label_column}
+    for key, name in columns.items():
+        _check(name is None or name.strip() != "", f"data.custom.{key}", "must name a column, got an empty name")
+    _check(len({n for n in columns.values() if n is not None}) == sum(n is not None for n in columns.values()),
+           "data.custom.label_column", f"text, pair and label columns must be different, got {columns}")
+    if c.regression:
+        _check(c.labels is None, "data.custom.labels", "give a label set or regression: true, not both")
+    else:
+        _check(c.labels is not None, "data.custom.labels",
+               "required when data.task is custom (the label set, e.g. [negative, positive]), unless "
+               "data.custom.regression is true")
+        labels = list(c.labels)
+        _check(len(labels) >= 2, "data.custom.labels", f"needs at least two labels, got {labels}")
+        _check(len(set(labels)) == len(labels), "data.custom.labels", f"labels must be distinct, got {labels}")
+        for label in labels:
+            _check(label != "" and label == label.strip(), "data.custom.labels",
+                   f"a label must be non-empty text without leading or trailing spaces, got {label!r}")
+    if c.metric is not None:
+        _check(c.metric in CUSTOM_METRICS, "data.custom.metric",
+               f"unknown metric {c.metric!r}; known: {', '.join(CUSTOM_METRICS)}")
+        if c.regression:
+            _check(c.metric == "pearson_spearman", "data.custom.metric",
+                   f"{c.metric} needs classes; a regression task is measured with pearson_spearman")
+        else:
+            _check(c.metric != "pearson_spearman", "data.custom.metric",
+                   "pearson_spearman is for regression (data.custom.regression: true); classes are measured "
+                   "with accuracy, f1 or mcc")
+            _check(c.metric != "f1" or len(c.labels) == 2, "data.custom.metric",
+                   f"f1 is binary (the second label is the positive class); {len(c.labels)} labels: use "
+                   "accuracy or mcc")
+
+
 def validate(cfg: "Config") -> None:
     """Checks that need no model or data; model-dependent checks (whole heads) happen at build time."""
     _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
@@ -213,6 +311,7 @@ def validate(cfg: "Config") -> None:
     for key in ("train_limit", "dev_limit"):
         value = getattr(cfg.data, key)
         _check(value is None or value >= 1, f"data.{key}", "must be >= 1 or null")
+    _check_custom(cfg.data)
     _check_optim(cfg.finetune, "finetune")
     _check_optim(cfg.compress.optim, "compress.optim")
     _check_widths(cfg.compress.widths, "compress.widths", require_full=True)
@@ -256,8 +355,13 @@ def validate(cfg: "Config") -> None:
 
 def model_fingerprint(cfg: "Config") -> dict:
     """The settings that shape the model: a checkpoint made under other values cannot be resumed."""
-    return {"model.name_or_path": cfg.model.name_or_path, "model.teacher": cfg.model.teacher,
-            "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths),
-            # these decide which rows are trained on and what "best" means
-            "data.select_on": cfg.data.select_on, "data.validation_rows": cfg.data.validation_rows,
-            "compress.select": cfg.compress.select, "compress.depths": list(cfg.compress.depths)}
+    fingerprint = {"model.name_or_path": cfg.model.name_or_path, "model.teacher": cfg.model.teacher,
+                   "data.task": cfg.data.task, "compress.widths": list(cfg.compress.widths),
+                   # these decide which rows are trained on and what "best" means
+                   "data.select_on": cfg.data.select_on, "data.validation_rows": cfg.data.validation_rows,
+                   "compress.select": cfg.compress.select, "compress.depths": list(cfg.compress.depths)}
+    if cfg.data.is_custom:  # the classes (their order is the classifier's) and what "best" means
+        c = cfg.data.custom
+        fingerprint.update({"data.custom.labels": None if c.labels is None else list(c.labels),
+                            "data.custom.regression": c.regression, "data.custom.metric": c.metric})
+    return fingerprint

@@ -65,7 +65,9 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     check_batch_sizes(cfg, data, comms.world_size)
     Precision(cfg.run.precision)  # fp16/bf16 on a CPU run is refused now, not after fine-tuning
     ctx = StageContext(cfg, comms, log, data, resume)
-    results = {"task": data.task, "world_size": comms.world_size,
+    spec = data.spec
+    results = {"task": data.task, "metric": main_metric_name(spec),  # what the table reports and selects on
+               "labels": None if spec.is_regression else list(spec.labels), "world_size": comms.world_size,
                "global_batch_size": {"finetune": cfg.finetune.batch_size, "compress": cfg.compress.optim.batch_size},
                "protocol": protocol(cfg), "teacher": None}
     timings = {}
@@ -89,7 +91,7 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     if "export" in cfg.run.stages:
         rows = timed("export", lambda: export_depth(ctx) if depth_on(cfg) else export(ctx))
         results["teacher"] = teacher_dev_metrics(ctx)
-        metric = main_metric_name(data.task)
+        metric = results["metric"]
         table = [{"width": r["width"], "depth": r.get("depth"), "num_layers": r.get("num_layers"), "parameters":
                   r["parameters"], "encoder_parameters": r["encoder_parameters"], "metric": r["metrics"][metric]}
                  for r in rows]

@@ -4,7 +4,8 @@
 
 Input (``--input FILE``, default standard input, ``-`` too):
   * a TSV file with a header line naming a ``sentence`` column (GLUE files: ``sentence``, ``sentence1`` +
-    ``sentence2``, ``question`` + ``sentence``, ...; other columns such as ``label`` are ignored), or
+    ``sentence2``, ``question`` + ``sentence``, ...; or the text columns the model's task was trained on, as its
+    card says, e.g. a custom task's ``data.custom.text_column``; other columns such as ``label`` are ignored), or
   * one sentence per line, or a sentence pair as two tab-separated columns.
 Output (``--output FILE``, default standard output): a TSV header ``label`` and ``p_<class>`` per class, then
 per input line the predicted label and the softmax probabilities, in input order (a regression model: a
@@ -36,23 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _columns(header: List[str]) -> Optional[Tuple[int, Optional[int]]]:
+def _columns(header: List[str], known=TEXT_COLUMNS) -> Optional[Tuple[int, Optional[int]]]:
     """(text_a index, text_b index or None) when ``header`` names known text columns, else None."""
-    for a, b in TEXT_COLUMNS:
+    for a, b in known:
         if a in header and (b is None or b in header):
             return header.index(a), (header.index(b) if b else None)
     return None
 
 
-def read_sentences(stream: TextIO, name: str) -> List[Tuple[str, Optional[str]]]:
-    """(text_a, text_b) per input line; UserError ``name:line: ...`` for a malformed one."""
+def read_sentences(stream: TextIO, name: str, text_columns=None) -> List[Tuple[str, Optional[str]]]:
+    """(text_a, text_b) per input line; UserError ``name:line: ...`` for a malformed one. ``text_columns``: the
+    model's own (text, pair or None) column names, recognised in a header line before the GLUE ones."""
     lines = []
     for number, raw in enumerate(stream, start=1):
         lines.append((number, raw.rstrip("\r\n")))
     rows = [(n, t) for n, t in lines if t.strip()]
     if not rows:
         raise UserError(f"{name}:1: no sentences")
-    columns = _columns(rows[0][1].split("\t"))
+    own = tuple(text_columns) if text_columns and text_columns[0] else None
+    known = ((own[0], own[1]),) + TEXT_COLUMNS if own else TEXT_COLUMNS
+    columns = _columns(rows[0][1].split("\t"), known)
     width = len(rows[0][1].split("\t")) if columns else None
     out = []
     for number, text in rows[1:] if columns else rows:
@@ -100,20 +104,21 @@ def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
 
     if args.batch_size < 1 or args.threads < 1:
         raise UserError("--batch-size and --threads must be >= 1")
+    served = load_served(args.model_dir, threads=args.threads)
+    text_columns = served.card.get("text_columns")
     if args.input == "-":
         try:
-            sentences = read_sentences(stdin, "<stdin>")
+            sentences = read_sentences(stdin, "<stdin>", text_columns)
         except UnicodeDecodeError as e:
             raise UserError(f"<stdin>: not UTF-8 text ({e.reason})") from None
     else:
         try:
             with open(args.input, encoding="utf-8") as f:
-                sentences = read_sentences(f, args.input)
+                sentences = read_sentences(f, args.input, text_columns)
         except FileNotFoundError:
             raise UserError(f"{args.input}: no such file") from None
         except UnicodeDecodeError as e:
             raise UserError(f"{args.input}: not UTF-8 text ({e.reason})") from None
-    served = load_served(args.model_dir, threads=args.threads)
     max_seq_len = args.max_seq_len or int(served.card.get("max_seq_len") or 128)
     if max_seq_len < 3:
         raise UserError(f"--max-seq-len: must be >= 3, got {max_seq_len}")

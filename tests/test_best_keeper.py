@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 from dynabert.config import CompressConfig, Config, RunConfig
+from dynabert.data.tasks import get_task
 from dynabert.stages.common import StageContext
 from dynabert.stages.supernet_training import BestKeeper
 
@@ -29,7 +30,8 @@ class TinySupernet:
 
 def make_keeper(tmp_path, select: str, entries: str = "widths"):
     cfg = Config(compress=CompressConfig(select=select), run=RunConfig(out_dir=str(tmp_path)))
-    ctx = StageContext(cfg=cfg, comms=MainOnly(), log=None, data=SimpleNamespace(task="sst-2"), resume=None)
+    ctx = StageContext(cfg=cfg, comms=MainOnly(), log=None, data=SimpleNamespace(task="sst-2", spec=get_task("sst-2")),
+                       resume=None)
     saved = []
     supernet = TinySupernet()
     keeper = BestKeeper(ctx, supernet=supernet, root=str(tmp_path / "best"), entries=entries,
@@ -61,7 +63,8 @@ def test_per_width_keeps_each_widths_own_best_and_no_supernet(tmp_path):
 
 def test_depth_entries_are_named_per_pair(tmp_path):
     cfg = Config(compress=CompressConfig(select="per_width"), run=RunConfig(out_dir=str(tmp_path)))
-    ctx = StageContext(cfg=cfg, comms=MainOnly(), log=None, data=SimpleNamespace(task="sst-2"), resume=None)
+    ctx = StageContext(cfg=cfg, comms=MainOnly(), log=None, data=SimpleNamespace(task="sst-2", spec=get_task("sst-2")),
+                       resume=None)
     keeper = BestKeeper(ctx, supernet=TinySupernet(), root=str(tmp_path / "best"), entries="models",
                         name_of=lambda pair: f"{pair[0]:g}_{pair[1]:g}", save_models=lambda keys: None, state=None)
     keeper.offer(5, {(1.0, 0.5): {"accuracy": 0.6}})

@@ -40,7 +40,7 @@ from importlib import metadata
 import numpy as np
 
 from dynabert.data.features import Feature
-from dynabert.data.readers import read_glue_tsv
+from dynabert.data.readers import read_examples
 from dynabert.data.tasks import get_task
 from dynabert.data.tokenizer import TRUNCATION, FastBertTokenizer
 from dynabert.errors import UserError
@@ -58,7 +58,8 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
     """The cache of one split (built if missing or stale), opened. See the module docstring.
 
     ``tokenizer`` is the PaddleNLP ``BertTokenizer`` whose ids the cache holds (``models.load_tokenizer``);
-    ``extra_files`` (train only) are paths or globs in the task's train TSV format, appended in order.
+    ``extra_files`` (train only) are paths or globs in the format of the task's training file, appended in
+    order. Files are read with the task's reader (``readers.read_examples``: GLUE's TSV or custom data's).
     ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart)."""
     spec = get_task(task)
     extra = expand_files(extra_files)
@@ -66,7 +67,8 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
         raise ValueError(f"extra_files are training files; split is {split!r}")
     files = [os.path.abspath(os.fspath(source))] + extra
     fast = tokenizer if isinstance(tokenizer, FastBertTokenizer) else FastBertTokenizer(tokenizer)
-    fingerprint = _fingerprint(spec.name, split, files, fast, max_seq_len, limit)
+    # A GLUE task's name; custom data's columns, labels and format too (the same bytes may read differently).
+    fingerprint = _fingerprint(spec.identity(), split, files, fast, max_seq_len, limit)
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
@@ -320,7 +322,7 @@ def _build(target, spec, split, files, fast, max_seq_len, limit, fingerprint) ->
             remaining = None if limit is None else limit - rows
             if remaining is not None and remaining <= 0:
                 break
-            examples = read_glue_tsv(path, spec, split if index == 0 else "train", limit=remaining)
+            examples = read_examples(path, spec, split if index == 0 else "train", limit=remaining)
             for start in range(0, len(examples), _CHUNK_ROWS):
                 chunk = examples[start:start + _CHUNK_ROWS]
                 encoded = fast.encode(chunk, max_seq_len)

@@ -9,6 +9,9 @@ task registry in ``dynabert.data``:
     sts-b                    {"pearson", "spearman"}                   main: pearson
 
 The main keys follow PaddleNLP's GLUE metrics, whose first value is the one its examples select on.
+Custom data (``data.custom.metric``) uses the same four: accuracy; f1 ({"accuracy", "f1"}, main: f1; binary
+label sets only, the positive class is the second label, index 1, as GLUE's "1"); mcc; pearson_spearman.
+The task is a ``TaskSpec`` (``task_spec(cfg)``) or a GLUE task's name.
 """
 import warnings
 

@@ -1,7 +1,7 @@
 """Where a split's rows come from, in order of preference (``load_split``): the user's GLUE_DIR,
 PaddleNLP's own GLUE download, and (SST-2 only) a small synthetic sentiment set generated in code, so
 that the pipeline can be exercised on a machine without data. The description returned with every
-split says which was used.
+split says which was used. Custom data (``data.task: custom``) has one source: the files its config names.
 """
 import os
 import random
@@ -11,8 +11,8 @@ import urllib.request
 import zlib
 
 import dynabert  # noqa: F401  (zlib before paddle; PaddleNLP is imported lazily below)
-from dynabert.data.readers import read_glue_tsv
-from dynabert.data.tasks import Example, TaskSpec, check_split, get_task
+from dynabert.data.readers import read_examples
+from dynabert.data.tasks import CUSTOM_KEYS, Example, TaskSpec, check_split, get_task
 from dynabert.errors import UserError
 
 _PROBE_TIMEOUT = 3.0  # seconds; PaddleNLP downloads with httpx timeout=None and would hang on a silent network
@@ -35,18 +35,31 @@ def glue_file(task, split, glue_dir=None):
     return os.path.join(task_dir, file_name), None
 
 
+def task_file(task, split, glue_dir=None):
+    """(path, None) of a split's file, or (None, why not): custom data's own file (which must exist), else
+    ``glue_file``'s answer."""
+    spec = get_task(task)
+    if not spec.is_custom:
+        return glue_file(spec, split, glue_dir)
+    path = check_split(spec, split)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file ({CUSTOM_KEYS[split]})")
+    return path, None
+
+
 def load_split(task, split, glue_dir=None, limit=None, allow_download=True):
     """Examples of one split, and a one-line description of where they came from.
 
-    ``glue_dir`` (else env GLUE_DIR) is used when it holds the task's directory; otherwise PaddleNLP's
-    GLUE download (if ``allow_download``); otherwise the built-in synthetic set (SST-2 only).
+    Custom data: its own file. A GLUE task: ``glue_dir`` (else env GLUE_DIR) when it holds the task's
+    directory; otherwise PaddleNLP's GLUE download (if ``allow_download``); otherwise the built-in
+    synthetic set (SST-2 only).
     """
     spec = get_task(task)
     file_name = check_split(spec, split)
-    path, why_not = glue_file(spec.name, split, glue_dir)
+    path, why_not = task_file(spec, split, glue_dir)
     if path is not None:
-        examples = read_glue_tsv(path, spec, split, limit)
-        return examples, f"GLUE_DIR {path} ({len(examples)} rows)"
+        examples = read_examples(path, spec, split, limit)
+        return examples, f"{'' if spec.is_custom else 'GLUE_DIR '}{path} ({len(examples)} rows)"
     reasons = [why_not]
     if allow_download:
         examples, why_not = _paddlenlp_glue(spec, split, limit)

@@ -21,9 +21,9 @@ from dynabert.config import Config
 from dynabert.data import cache as corpus_cache
 from dynabert.data.augmented import source_rows, variants_kept
 from dynabert.data.features import encode
-from dynabert.data.readers import read_glue_tsv
-from dynabert.data.sources import glue_file, load_split
-from dynabert.data.tasks import TaskSpec, get_task
+from dynabert.data.readers import read_examples
+from dynabert.data.sources import load_split, task_file
+from dynabert.data.tasks import TaskSpec, task_spec
 from dynabert.errors import UserError
 
 
@@ -38,6 +38,7 @@ class TaskData:
     selection_name: str   # "validation" or "dev"
     pad_token_id: int
     pad_to: Optional[int]  # None: dynamic padding
+    spec: TaskSpec        # the task's labels and metric (compute_metrics, main_metric_name take it)
     augmented: Sequence = ()  # data.train_files' rows: distillation only (unless train_files_in_finetune)
     sources: Dict[str, str] = field(default_factory=dict)  # split -> where its rows came from, for the record
 
@@ -79,7 +80,7 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
     only when the run trains (``needs_train``), so a run that does not train never reads the training
     corpus. Validation rows are carved from the task's own training rows only, never from the augmented
     corpus (whose rows are variants of the training rows: README, "Data")."""
-    spec = get_task(cfg.data.task)
+    spec = task_spec(cfg)
     dev_split = spec.dev_splits[0]  # MNLI: dev_matched
     honest = cfg.data.select_on == "validation"
     sources: Dict[str, str] = {}
@@ -114,18 +115,18 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
         log("data: this run does not train; the training corpus is not read")
     pad_to = cfg.data.max_seq_len if cfg.data.padding == "max_length" else None
     return TaskData(spec.name, spec.is_regression, spec.num_classes, train, selection, dev,
-                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to, augmented, sources)
+                    "validation" if honest else "dev", tokenizer.pad_token_id, pad_to, spec, augmented, sources)
 
 
 def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Callable[[str], None], *, limit=None,
                   sources: Optional[Dict[str, str]] = None) -> Sequence:
-    """A split's features: the corpus cache for GLUE_DIR files, else PaddleNLP's download or the built-in
-    set, tokenized in memory. ``sources[split]`` says which."""
-    path, _ = glue_file(spec, split, cfg.data.glue_dir)
+    """A split's features: the corpus cache for files (GLUE_DIR's, custom data's), else PaddleNLP's download
+    or the built-in set, tokenized in memory. ``sources[split]`` says which."""
+    path, _ = task_file(spec, split, cfg.data.glue_dir)
     if path is not None:
         cached = corpus_cache.prepare(spec, split, path, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len,
                                       cache_dir=cache_dir(cfg), limit=limit, log=log)
-        source = f"GLUE_DIR {os.path.abspath(path)}"
+        source = f"{'' if spec.is_custom else 'GLUE_DIR '}{os.path.abspath(path)}"
         log(f"data {split}: {source}: {len(cached)} rows, tokenized in {cached.path}")
     else:
         examples, source = load_split(spec, split, cfg.data.glue_dir, limit, cfg.data.allow_download)
@@ -138,14 +139,15 @@ def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Calla
 
 def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], None], *,
                    sources: Optional[Dict[str, str]] = None) -> Sequence:
-    """data.train_files' rows (the task's train TSV format), tokenized once into a cache of their own."""
+    """data.train_files' rows (the format of the task's training file), tokenized once into a cache of their
+    own."""
     files = corpus_cache.expand_files(cfg.data.train_files)
     if not files:
         raise UserError(f"data.train_files: no file matches {', '.join(cfg.data.train_files)}")
     if sources is not None:
         sources["augmented"] = ", ".join(os.path.abspath(f) for f in files)
-    if glue_file(spec, "train", cfg.data.glue_dir)[0] is None:  # no cache directory of GLUE files: in memory
-        examples = [e for f in files for e in read_glue_tsv(f, spec, "train")]
+    if task_file(spec, "train", cfg.data.glue_dir)[0] is None:  # no files to cache beside: in memory
+        examples = [e for f in files for e in read_examples(f, spec, "train")]
         return encode(examples, tokenizer, cfg.data.max_seq_len)
     return corpus_cache.prepare(spec, "train", files[0], extra_files=files[1:], tokenizer=tokenizer,
                                 max_seq_len=cfg.data.max_seq_len, cache_dir=cache_dir(cfg), log=log,

@@ -2,7 +2,8 @@
 machine, and a description of the machine.
 
 Metric: on the run's own splits (``dynabert.data.record``: the rows the run read, or a refusal), the
-selection split to decide and dev for the chosen candidate's reported figure; each candidate's logits are
+selection split to decide and dev for the chosen candidate's reported figure, for a GLUE task or
+custom data; each candidate's logits are
 scored with ``dynabert.data.metrics``.
 
 Latency: one fixed batch (``batch_size`` x ``seq_len`` random token ids, every position a real token), the
@@ -21,7 +22,6 @@ import numpy as np
 from dynabert.data.batching import eval_batches
 from dynabert.data.metrics import compute_metrics
 from dynabert.data.task_data import TaskData
-from dynabert.data.tasks import get_task
 from dynabert.deploy.quantize import INPUT_NAMES
 from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: dynabert/machine.py)
 
@@ -30,11 +30,11 @@ from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: d
 # metric on the reported split
 # ------------------------------------------------------------------------------------------------
 def split_of(data: TaskData, provenance: dict, name: str) -> dict:
-    """{"task", "split", "source", "digest", "features", "regression", "metric_name"} of one of the run's splits:
-    ``name`` is "validation" (what the run's selection looked at) or "dev" (what its table reports)."""
-    spec = get_task(data.task)
+    """{"task", "spec", "split", "source", "digest", "features", "regression", "metric_name"} of one of the
+    run's splits: ``name`` is "validation" (what the run's selection looked at) or "dev" (what its table reports)."""
+    spec = data.spec
     features = data.dev if name == "dev" else data.selection
-    return {"task": spec.name, "split": name, "source": provenance["sources"].get(name, "?"),
+    return {"task": spec.name, "spec": spec, "split": name, "source": provenance["sources"].get(name, "?"),
             "digest": provenance["splits"].get(name, {}).get("digest"), "regression": spec.is_regression,
             "metric_name": spec.main_metric, "features": features}
 
@@ -53,7 +53,7 @@ def evaluate(runner: Callable, split: dict, *, batch_size: int, pad_token_id: in
     logits = predict_logits(runner, split["features"], batch_size=batch_size, pad_token_id=pad_token_id)
     predictions = logits.reshape(-1) if split["regression"] else logits.argmax(axis=-1)
     labels = np.asarray([split["features"][i].label for i in range(len(split["features"]))])
-    return compute_metrics(split["task"], predictions, labels)
+    return compute_metrics(split["spec"], predictions, labels)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from dynabert.data.tasks import get_task
 from dynabert.deploy.candidates import Candidate
 from dynabert.deploy.runtime import Runner, load_runner
 from dynabert.errors import UserError
@@ -42,11 +41,12 @@ def card(candidate: Candidate, *, row: dict, decided_on: dict, reported_on: dict
     """The JSON card: every field a person (or a serving system) needs to know what was chosen and why. Each
     figure names its split, the data's source and digest: ``selected_on`` decided the choice, ``value``
     (dev, read once for this model) is the one to report."""
-    m, spec = candidate.model, get_task(decided_on["task"])
+    m, spec = candidate.model, decided_on["spec"]
     return {
         "format": CARD_FORMAT,
         "task": spec.name,
         "labels": list(spec.labels) if spec.labels else None,
+        "text_columns": [spec.text_a, spec.text_b],  # the input's columns (dynabert-predict reads them too)
         "max_seq_len": int(max_seq_len),
         "max_position_embeddings": max_positions(m.path)[0],  # the longest input it takes (dynabert-predict)
         "metric": {"name": spec.main_metric, **_figure(reported_on, reported, spec.main_metric),
@@ -114,11 +114,14 @@ def _read_card(path: str) -> dict:
 
 
 def _export_card(path: str) -> dict:
-    """A plain export directory: its Paddle inference model in fp32. Its config does not say the task, so the
-    labels are the class indices (one output: a regression score)."""
+    """A plain export directory: its Paddle inference model in fp32. Its labels are those its metadata records
+    (an export made before they were recorded: the class indices; one output: a regression score)."""
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    return {"runtime": "paddle", "precision": "fp32", "task": None, "labels": None,
+    with open(os.path.join(path, EXPORT_META), encoding="utf-8") as f:
+        task = json.load(f).get("task") or {}
+    return {"runtime": "paddle", "precision": "fp32", "task": task.get("name"), "labels": task.get("labels"),
+            "text_columns": task.get("text_columns"),
             "max_seq_len": min(DEFAULT_MAX_SEQ_LEN, int(config.get("max_position_embeddings", 512))),
             "files": {"model": "inference/model.pdmodel", "params": "inference/model.pdiparams"}}
 

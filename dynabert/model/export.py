@@ -108,9 +108,11 @@ class _InferenceBert(paddle.nn.Layer):
 
 
 def save_exported(model: BertForSequenceClassification, width: float, tokenizer, out_dir: str,
-                  inference_model: bool = True, depth: Optional[float] = None) -> Dict[str, object]:
+                  inference_model: bool = True, depth: Optional[float] = None,
+                  task: Optional[dict] = None) -> Dict[str, object]:
     """Write into a temporary sibling directory, then swap it in: a crash never leaves half an export.
-    ``depth`` (exports of the depth stage) adds "depth" and "num_layers" to the metadata."""
+    ``depth`` (exports of the depth stage) adds "depth" and "num_layers" to the metadata; ``task``
+    (``TaskSpec.summary()``: its name, labels, metric) is written to the file too, for dynabert-predict."""
     with atomic_directory(out_dir) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
         model.config.save_pretrained(tmp)
@@ -121,7 +123,7 @@ def save_exported(model: BertForSequenceClassification, width: float, tokenizer,
         if depth is not None:
             meta.update(depth=depth, num_layers=len(model.bert.encoder.layers))
         with open(os.path.join(tmp, EXPORT_META), "w") as f:
-            json.dump(meta, f, indent=2)
+            json.dump({**meta, "task": task} if task else meta, f, indent=2)
         if inference_model:
             spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
                     paddle.static.InputSpec([None, None], "int64", "token_type_ids"),

@@ -155,7 +155,8 @@ def export_pair(ctx: StageContext, width: float, depth: float) -> dict:
     result = metrics_on(ctx.data.dev, lambda b: forward(model, b), ctx.data, cfg, comms)
     out = ctx.path("export", name)
     meta = comms.broadcast_object(comms.run_on_main(lambda: save_exported(
-        model, width, tokenizer_of(cfg), out, depth=depth, inference_model=cfg.export.inference_model)))
+        model, width, tokenizer_of(cfg), out, depth=depth, inference_model=cfg.export.inference_model,
+        task=ctx.data.spec.summary())))
     ctx.log.info(f"export width {width:g} depth {depth:g} ({meta['num_layers']} layers): "
                  f"{meta['parameters']:,} parameters, dev {describe(result)}")
     return {**meta, "metrics": result}

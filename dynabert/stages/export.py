@@ -86,6 +86,7 @@ def export_width(ctx: StageContext, width: float) -> dict:
     meta = {"width": width, "parameters": parameter_count(model), "encoder_parameters": encoder_parameter_count(model)}
     out = width_dir(ctx.path("export"), width)
     meta = comms.run_on_main(lambda: save_exported(model, width, tokenizer_of(cfg), out,
-                                                   inference_model=cfg.export.inference_model)) or meta
+                                                   inference_model=cfg.export.inference_model,
+                                                   task=ctx.data.spec.summary())) or meta
     ctx.log.info(f"export width {width:g}: {meta['parameters']:,} parameters, dev {describe(result)}")
     return {**meta, "metrics": result}

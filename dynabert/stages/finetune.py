@@ -24,7 +24,7 @@ NAME = "finetune"
 def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     """Returns the stage's completion record: the best selection metrics and the throughput."""
     cfg, comms, log, data = ctx.cfg, ctx.comms, ctx.log, ctx.data
-    metric = main_metric_name(data.task)
+    metric = main_metric_name(data.spec)
     teacher_dir = ctx.path("teacher")
     source = model_source(cfg.model.name_or_path)
     model = pretrained.load_model(source, data.num_classes, cfg.model.dropout, seed=cfg.run.seed)

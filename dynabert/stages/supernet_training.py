@@ -27,7 +27,7 @@ class BestKeeper:
         self.ctx, self.supernet, self.root = ctx, supernet, root
         self.entries, self.name_of, self.save_models = entries, name_of, save_models
         self.select = ctx.cfg.compress.select
-        self.metric = main_metric_name(ctx.data.task)
+        self.metric = main_metric_name(ctx.data.spec)
         self.state = state or {"select": self.select, "step": None, "mean": None, entries: {}}
 
     def offer(self, step: int, results: Dict[Hashable, Dict[str, float]]) -> None:

@@ -26,7 +26,7 @@ from dynabert.config import Config
 from dynabert.data.batching import MEGABATCH, GlobalBatches, to_tensors
 from dynabert.data.features import Feature, encode
 from dynabert.data.sources import load_split
-from dynabert.data.tasks import get_task
+from dynabert.data.tasks import task_spec
 from dynabert.errors import UserError
 from dynabert.model import pretrained
 from dynabert.model.flops import compress_step_flops
@@ -112,7 +112,7 @@ def load_workload(cfg: Config, global_batch: int, rows_needed: int, *, synthetic
     """Enough rows for the steps, and at least ``MEGABATCH`` global batches, so that length grouping
     sorts over as many rows as in training. Real rows come through ``load_split`` as in training (GLUE_DIR,
     download if allowed, SST-2's built-in set); a task without data falls back to synthetic rows."""
-    spec = get_task(cfg.data.task)
+    spec = task_spec(cfg)
     tokenizer = tokenizer_of(cfg)
     rows = max(rows_needed, MEGABATCH * global_batch)
     if cfg.data.train_limit:
@@ -120,7 +120,7 @@ def load_workload(cfg: Config, global_batch: int, rows_needed: int, *, synthetic
     why = "--data synthetic"
     if not synthetic:
         try:
-            examples, source = load_split(spec.name, "train", cfg.data.glue_dir, rows, cfg.data.allow_download)
+            examples, source = load_split(spec, "train", cfg.data.glue_dir, rows, cfg.data.allow_download)
             return Workload(encode(examples, tokenizer, cfg.data.max_seq_len), source, tokenizer.pad_token_id,
                             spec.num_classes, spec.is_regression)
         except UserError as e:

@@ -40,8 +40,9 @@ def predictions_from_logits(logits: np.ndarray, regression: bool) -> np.ndarray:
     return logits.reshape(-1) if regression else logits.argmax(axis=-1)
 
 
-def evaluate(model_fn: Callable, features: Sequence, task: str, regression: bool, batch_size: int,
+def evaluate(model_fn: Callable, features: Sequence, task, regression: bool, batch_size: int,
              comms: Collectives, pad_token_id: int) -> Dict[str, float]:
+    """Metrics of ``task`` (its TaskSpec, or a GLUE task's name) over ``features``."""
     logits = predict(model_fn, features, batch_size, comms, pad_token_id)
     labels = np.asarray([f.label for f in features])
     return compute_metrics(task, predictions_from_logits(logits, regression), labels)
@@ -49,5 +50,5 @@ def evaluate(model_fn: Callable, features: Sequence, task: str, regression: bool
 
 def metrics_on(features: Sequence, model_fn, data: TaskData, cfg: Config, comms: Collectives) -> Dict[str, float]:
     """Metrics of ``model_fn(batch) -> logits`` over ``features`` (sharded over ranks, gathered)."""
-    return evaluate(model_fn, features, data.task, data.regression, cfg.run.eval_batch_size, comms,
+    return evaluate(model_fn, features, data.spec, data.regression, cfg.run.eval_batch_size, comms,
                     data.pad_token_id)
