@@ -400,6 +400,37 @@ def test_a_cache_of_another_format_version_is_rebuilt_once(tokenizer, tmp_path):
     assert f"cache format version 1, this code's is {cache_module.FORMAT_VERSION}" in builds(lines)[0]
 
 
+def test_dynabert_prepare_verify_finds_what_the_cheap_check_cannot(tokenizer, tmp_path, tiny_model_dir, capsys):
+    """``dynabert-prepare --verify``: a cache array corrupted in place (same size) is found, rebuilt and
+    named; without --verify it is not (the documented limit); a sound cache is reported verified."""
+    from launcher import prepare_cli
+    from tests.conftest import ROOT
+
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    write_sst2(tmp_path / "glue" / "SST-2" / "train.tsv", sst2_rows(120, seed=5))
+    write_sst2(tmp_path / "glue" / "SST-2" / "dev.tsv", sst2_rows(20, seed=6))
+    argv = ["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--set", f"model.name_or_path={tiny_model_dir}",
+            "--set", f"data.glue_dir={tmp_path / 'glue'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", f"run.out_dir={tmp_path / 'run'}", "--set", "data.select_on=dev"]
+    assert prepare_cli.main(argv) == 0
+    assert len(builds(capsys.readouterr().out.splitlines())) == 2  # train and dev
+    ids = tmp_path / "cache" / "sst-2.train" / "ids.bin"
+    data = bytearray(ids.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    ids.write_bytes(bytes(data))
+    assert prepare_cli.main(argv) == 0
+    assert builds(capsys.readouterr().out.splitlines()) == []
+    assert prepare_cli.main(argv + ["--verify"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(builds(out)) == 1, out
+    assert "sst-2.train: building (ids.bin does not match its SHA-256 in the manifest (corrupted))" in builds(out)[0]
+    assert any("sst-2.dev: verified: 1 source file(s) and 5 arrays match" in line for line in out), out
+    assert any(line.startswith("prepared and verified in ") for line in out), out
+    assert prepare_cli.main(argv + ["--verify"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert builds(out) == [] and sum(": verified: " in line for line in out) == 2, out
+
+
 # ------------------------------------------------------------------------------------------------
 # extra training files and limits
 # ------------------------------------------------------------------------------------------------

@@ -69,19 +69,21 @@ def cache_dir(cfg: Config) -> str:
     return cfg.data.cache_dir or os.path.join(cfg.run.out_dir, "cache")
 
 
-def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None]) -> TaskData:
+def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None],
+                   verify: bool = False) -> TaskData:
     """The run's ``TaskData``: dev always; the training rows and the selection split only when the run
-    trains (``needs_train``), so a run that does not train never reads the training corpus."""
+    trains (``needs_train``), so a run that does not train never reads the training corpus. ``verify``:
+    hash the cached splits' files against their manifests (``corpus_cache.prepare``)."""
     spec = get_task(cfg.data.task)
     dev_split = spec.dev_splits[0]  # MNLI: dev_matched
     honest = cfg.data.select_on == "validation"
-    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit)
+    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit, verify=verify)
     train: Sequence = []
     selection: Sequence = [] if honest else dev
     if needs_train:
         # The honest protocol draws validation rows from the whole training set, so it reads all of it.
         rows = load_features(cfg, spec, "train", tokenizer, log, extra=cfg.data.train_files,
-                             limit=None if honest else cfg.data.train_limit)
+                             limit=None if honest else cfg.data.train_limit, verify=verify)
         if honest:
             train_idx, held = carve_indices(len(rows), cfg.data.validation_rows, cfg.run.seed, cfg.data.train_limit)
             train, selection = take(rows, train_idx), take(rows, held)
@@ -98,13 +100,14 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
 
 
 def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Callable[[str], None], *, limit=None,
-                  extra=()) -> Sequence:
+                  extra=(), verify: bool = False) -> Sequence:
     """A split's features: the corpus cache for GLUE_DIR files, else PaddleNLP's download or the built-in
     set, tokenized in memory."""
     path, _ = glue_file(spec, split, cfg.data.glue_dir)
     if path is not None:
         cached = corpus_cache.prepare(spec, split, path, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len,
-                                      cache_dir=cache_dir(cfg), extra_files=extra, limit=limit, log=log)
+                                      cache_dir=cache_dir(cfg), extra_files=extra, limit=limit, log=log,
+                                      verify=verify)
         more = f" + {len(corpus_cache.expand_files(extra))} extra file(s)" if extra else ""
         log(f"data {split}: GLUE_DIR {path}{more}: {len(cached)} rows, tokenized in {cached.path}")
         return cached

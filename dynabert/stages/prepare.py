@@ -20,6 +20,7 @@ def needs_training_data(cfg: Config) -> bool:
     return ("finetune" in stages and not cfg.model.teacher) or "compress" in stages or "compress_depth" in stages
 
 
-def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None) -> TaskData:
+def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None,
+                 verify: bool = False) -> TaskData:
     return load_task_data(cfg, tokenizer, needs_train=needs_training_data(cfg) if needs_train is None else needs_train,
-                          log=log.info)
+                          log=log.info, verify=verify)
