@@ -17,7 +17,8 @@
 
 ``--warm-only`` measures part 2's warm start alone (no throughput, no two-process build): per size, one cold
 build, then ``--warm-reps`` fresh processes that each open the warm cache and iterate batches; it writes
-``corpus_warm_<tag>.json``/``.md`` (a before/after pair of such runs is summarised in ``results/corpus.md``).
+``corpus_warm_<tag>.json``/``.md``. A full run with ``--with-warm before,after`` adds those runs (read from
+``--out``) to ``corpus.md`` as a before/after table, each with its own commit and machine load.
 
 Children run as ``python -m benchmarks.corpus_bench --child ...`` so each RSS is its own process's; with
 ``--smoke`` they run in-process instead (seconds, not minutes; its RSS and timing figures mean nothing).
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--warm-only", action="store_true", help="only the warm start (see the module docstring)")
     p.add_argument("--warm-reps", type=int, default=3, help="--warm-only: fresh processes opening each warm cache")
     p.add_argument("--tag", default="run", help="--warm-only: the result is corpus_warm_<tag>.json/.md")
+    p.add_argument("--with-warm", default=None, metavar="TAG,TAG",
+                   help="full run: summarise these corpus_warm_<tag>.json from --out in corpus.md")
     p.add_argument("--child", choices=("build", "iterate", "half"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -351,6 +354,21 @@ def warm_only(args, sizes) -> dict:
             "corpora": corpora}
 
 
+def warm_runs(out: str, tags) -> list:
+    """The --warm-only results ``tags`` (comma-separated) in ``out``, summarised: commit, load, medians."""
+    runs = []
+    for tag in (tags.split(",") if tags else []):
+        with open(os.path.join(out, f"corpus_warm_{tag}.json")) as f:
+            r = json.load(f)
+        runs.append({"tag": tag, "file": f"corpus_warm_{tag}.json", "git_commit": r["machine"]["git_commit"],
+                     "load_average_1_5_15_min": r["machine"]["load_average_1_5_15_min"], "warm_reps": r["warm_reps"],
+                     "corpora": [{key: c[key] for key in ("rows", "warm_reused_the_cold_build",
+                                                          "median_prepare_seconds", "median_order_seconds",
+                                                          "median_open_to_first_batch_seconds")}
+                                 for c in r["corpora"]]})
+    return runs
+
+
 def warm_markdown(r: dict) -> str:
     mb = 2 ** 20
     return "\n".join([
@@ -448,6 +466,7 @@ def main(argv=None):
             "corpora": corpora,
             "peak_rss_growth_bytes": growth,
             "split_build": split,
+            "warm_start_runs": warm_runs(args.out, args.with_warm),
             "targets": {
                 "builder_speedup_at_least_10x": single_result["builder_speedup"] >= 10,
                 "fast_speedup_at_least_10x": single_result["fast_speedup"] >= 10,
@@ -473,9 +492,10 @@ def markdown(r: dict) -> str:
                                f"{s['fast_speedup']:.1f}x", s["builder_rows_per_s"], f"{s['builder_speedup']:.1f}x"],
                               [f"{p['rows']} sentence pairs", p["paddle_rows_per_s"], p["fast_rows_per_s"],
                                f"{p['fast_speedup']:.1f}x", "", ""]]),
-             "", f"Synthetic pair corpora from SST-2 sentences; warm: a fresh process runs prepare() (hashes the TSV "
-             f"and every cache file), orders one epoch of length-grouped global batches of {r['global_batch']} from "
-             f"the lengths array and materializes + collates the first batches:", "",
+             "", f"Synthetic pair corpora from SST-2 sentences; warm: a fresh process runs prepare() (stats the "
+             f"sources, checks the manifest's own SHA-256 and the arrays' sizes, maps the arrays), orders one epoch "
+             f"of length-grouped global batches of {r['global_batch']} from the lengths array and materializes + "
+             f"collates the first batches:", "",
              common.md_table(["rows", "TSV MiB", "cold prepare s", "builder peak RSS MiB", "cache MiB",
                               "cache MiB per 1M rows", "warm: prepare to first batch s", "batches iterated",
                               "peak RSS MiB", "RssAnon MiB", "RssFile MiB"],
@@ -495,6 +515,23 @@ def markdown(r: dict) -> str:
               f"start-up) vs two processes tokenizing half each {b['two_processes_tokenize_seconds']:.1f} s + merge "
               f"{b['merge_seconds']:.1f} s = {b['two_processes_seconds']:.1f} s (speedup {b['speedup']:.2f}x).",
               "", "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets"].items()) + "."]
+    runs = r.get("warm_start_runs") or []
+    if runs:
+        lines += ["", "## Warm start: " + " vs ".join(run["tag"] for run in runs), "",
+                  "`corpus_bench --warm-only`: per size one cold build, then fresh processes each running prepare() "
+                  "on the warm cache, ordering one epoch of length-grouped batches and collating the first "
+                  "(medians). Each run names the commit it measured and the machine's load then:", "",
+                  common.md_table(["rows", "run", "commit", "load avg 1/5/15 min", "processes",
+                                   "warm prepare() s", "order one epoch s", "warm: prepare to first batch s",
+                                   "reused the cold build"],
+                                  [[c["rows"], run["tag"], (run["git_commit"] or "?")[:7],
+                                    " / ".join(str(x) for x in run["load_average_1_5_15_min"]), run["warm_reps"],
+                                    c["median_prepare_seconds"], c["median_order_seconds"],
+                                    c["median_open_to_first_batch_seconds"],
+                                    "yes" if c["warm_reused_the_cold_build"] else "NO"]
+                                   for _, _, run, c in sorted((c["rows"], k, run, c) for k, run in enumerate(runs)
+                                                              for c in run["corpora"])]),
+                  "", "Details: " + ", ".join(f"`{run['file']}`" for run in runs) + "."]
     return "\n".join(lines)
 
 
