@@ -567,6 +567,26 @@ def test_a_process_waits_on_the_lock_instead_of_building(tokenizer, tmp_path):
 
 
 @pytest.mark.dist
+def test_processes_opening_a_touched_source_at_once_hash_it_once(tokenizer, tmp_path):
+    """The touched file is hashed and its time recorded by one process (under the build lock); the others
+    find the manifest updated, whatever the order they come in (no timing assumed)."""
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(300))
+    cache_dir = str(tmp_path / "cache")
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=64, cache_dir=cache_dir, log=print)
+    set_mtime(source, os.stat(source).st_mtime_ns + 3 * 10**9)
+    ctx = multiprocessing.get_context("spawn")
+    children, start, lines = _start_children(ctx, 2, source, cache_dir, tmp_path)
+    start.set()
+    for child in children:
+        child.join(timeout=300)
+        assert child.exitcode == 0
+    out = _drain(lines)
+    assert builds(out) == []
+    assert sum("modification time changed, contents did not" in line for line in out) == 1, out
+    assert {json.load(open(tmp_path / f"result{k}.json"))["build"] for k in range(2)} == {build_id(first)}
+
+
+@pytest.mark.dist
 def test_builder_killed_midway_leaves_no_half_written_cache(tokenizer, tmp_path):
     source = write_sst2(tmp_path / "train.tsv", sst2_rows(200000))
     cache_dir = tmp_path / "cache"
