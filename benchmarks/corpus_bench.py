@@ -531,7 +531,10 @@ def markdown(r: dict) -> str:
                                     "yes" if c["warm_reused_the_cold_build"] else "NO"]
                                    for _, _, run, c in sorted((c["rows"], k, run, c) for k, run in enumerate(runs)
                                                               for c in run["corpora"])]),
-                  "", "Details: " + ", ".join(f"`{run['file']}`" for run in runs) + "."]
+                  "", "Details: " + ", ".join(f"`{run['file']}`" for run in runs) + ". Reproduce (GLUE_DIR set): at "
+                  "each commit `python -m benchmarks.corpus_bench --out DIR --warm-only --tag TAG --sizes "
+                  "1000000,5000000 --warm-reps 3`, then `python -m benchmarks.corpus_bench --out DIR --with-warm "
+                  "TAG,TAG`."]
     return "\n".join(lines)
 
 
