@@ -1,6 +1,7 @@
 """Corpus cache: tokenizing throughput, flat per-rank memory, warm/cold start, size on disk.
 
     python -m benchmarks.corpus_bench --out DIR [--smoke] [--sizes 100000,1000000,5000000] [--workdir TMP]
+    python -m benchmarks.corpus_bench --out DIR --warm-only --tag TAG [--sizes 1000000,5000000] [--warm-reps 3]
 
 1. Throughput on the same rows in the same run, alternated: PaddleNLP ``BertTokenizer`` (``data.encode``)
    vs ``FastBertTokenizer.encode`` (fresh tokenizer each time, so its word cache starts cold) vs the whole
@@ -13,6 +14,11 @@
    rows of each batch materialized). The sampler is GlobalBatches' order (checked equal at the smallest
    size) computed with an int32 permutation: what a rank needs for a flat memory profile.
 3. One process building the cache vs two processes building half each plus a merge, on the second size.
+
+``--warm-only`` measures part 2's warm start alone (no throughput, no two-process build): per size, one cold
+build, then ``--warm-reps`` fresh processes that each open the warm cache and iterate batches; it writes
+``corpus_warm_<tag>.json``/``.md``. A full run with ``--with-warm before,after`` adds those runs (read from
+``--out``) to ``corpus.md`` as a before/after table, each with its own commit and machine load.
 
 Children run as ``python -m benchmarks.corpus_bench --child ...`` so each RSS is its own process's; with
 ``--smoke`` they run in-process instead (seconds, not minutes; its RSS and timing figures mean nothing).
@@ -44,6 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default=None, help="where the synthetic corpora and caches go (default: a temp dir)")
     p.add_argument("--reps", type=int, default=None, help="alternations of the throughput measurement")
     p.add_argument("--batches", type=int, default=2000, help="length-grouped batches iterated per size")
+    p.add_argument("--warm-only", action="store_true", help="only the warm start (see the module docstring)")
+    p.add_argument("--warm-reps", type=int, default=3, help="--warm-only: fresh processes opening each warm cache")
+    p.add_argument("--tag", default="run", help="--warm-only: the result is corpus_warm_<tag>.json/.md")
+    p.add_argument("--with-warm", default=None, metavar="TAG,TAG",
+                   help="full run: summarise these corpus_warm_<tag>.json from --out in corpus.md")
     p.add_argument("--child", choices=("build", "iterate", "half"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -93,6 +104,7 @@ def child_build(args) -> None:
             "cache_bytes": sum(a["bytes"] for a in arrays.values()),
             "array_bytes": {name: a["bytes"] for name, a in arrays.items()},
             "routes": cached.manifest["build"]["routes"], "peak_rss_before": rss_before,
+            "build_id": cached.manifest["build"]["id"],
             "peak_rss": common.peak_rss_bytes()}
 
 
@@ -142,7 +154,8 @@ def child_iterate(args) -> None:
         if first is None:
             first = time.perf_counter()
     done = time.perf_counter()
-    result = {"rows": len(split), "prepare_seconds": opened - start, "order_seconds": ordered - opened,
+    result = {"rows": len(split), "build_id": split.manifest["build"]["id"], "prepare_seconds": opened - start,
+              "order_seconds": ordered - opened,
               "open_to_first_batch_seconds": first - start, "batches": count,
               "batches_per_second": count / (done - ordered), "last_batch_shape": list(batch["input_ids"].shape),
               "rss_before_open": rss_before, "peak_rss_before_open": peak_before,
@@ -308,6 +321,72 @@ def split_build(corpus: str, workdir: str, one_process_seconds: float, in_proces
             "half_seconds": halves, "speedup": one_process_seconds / (done - started)}
 
 
+def warm_only(args, sizes) -> dict:
+    """Per size: a cold build, then ``args.warm_reps`` fresh processes opening the warm cache."""
+    workdir = tempfile.mkdtemp(prefix="corpus_bench.", dir=args.workdir)
+    try:
+        sentences, data_source = sst2_sentences(args.smoke)
+        print(f"data: {data_source}", flush=True)
+        corpora = []
+        for rows in sizes:
+            corpus = os.path.join(workdir, f"pairs_{rows}.tsv")
+            cache = os.path.join(workdir, f"cache_{rows}")
+            tsv_bytes = write_pair_corpus(corpus, sentences, rows)
+            print(f"{rows} rows: cold build", flush=True)
+            build = run_child(["--child", "build", "--corpus", corpus, "--cache", cache], args.smoke)
+            warm = []
+            for rep in range(args.warm_reps):
+                print(f"{rows} rows: warm open {rep + 1}/{args.warm_reps} + {args.batches} batches", flush=True)
+                warm.append(run_child(["--child", "iterate", "--corpus", corpus, "--cache", cache, "--batches",
+                                       str(args.batches)], args.smoke))
+            corpora.append({
+                "rows": rows, "tsv_bytes": tsv_bytes, "cache_bytes": build["cache_bytes"],
+                "cold_prepare_seconds": build["seconds"], "warm": warm,
+                "warm_reused_the_cold_build": all(w["build_id"] == build["build_id"] for w in warm),
+                **{f"median_{key}": common.median([w[key] for w in warm]) for key in (
+                    "prepare_seconds", "order_seconds", "open_to_first_batch_seconds", "peak_rss")}})
+            shutil.rmtree(cache)
+            os.unlink(corpus)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"machine": common.machine_info("cpu"), "smoke": args.smoke, "tag": args.tag, "data": data_source,
+            "max_seq_len": MAX_SEQ_LEN, "global_batch": GLOBAL_BATCH, "warm_reps": args.warm_reps,
+            "corpora": corpora}
+
+
+def warm_runs(out: str, tags) -> list:
+    """The --warm-only results ``tags`` (comma-separated) in ``out``, summarised: commit, load, medians."""
+    runs = []
+    for tag in (tags.split(",") if tags else []):
+        with open(os.path.join(out, f"corpus_warm_{tag}.json")) as f:
+            r = json.load(f)
+        runs.append({"tag": tag, "file": f"corpus_warm_{tag}.json", "git_commit": r["machine"]["git_commit"],
+                     "load_average_1_5_15_min": r["machine"]["load_average_1_5_15_min"], "warm_reps": r["warm_reps"],
+                     "corpora": [{key: c[key] for key in ("rows", "warm_reused_the_cold_build",
+                                                          "median_prepare_seconds", "median_order_seconds",
+                                                          "median_open_to_first_batch_seconds")}
+                                 for c in r["corpora"]]})
+    return runs
+
+
+def warm_markdown(r: dict) -> str:
+    mb = 2 ** 20
+    return "\n".join([
+        f"# Corpus cache warm start ({r['tag']}; {'SMOKE' if r['smoke'] else 'full'}; {r['data']})", "",
+        f"Synthetic pair corpora from SST-2 sentences. Per size one cold build, then {r['warm_reps']} fresh "
+        f"processes each: prepare() on the warm cache, order one epoch of length-grouped global batches of "
+        f"{r['global_batch']} from the lengths array, materialize + collate the first batch (medians; each "
+        f"warm process reused the cold build: "
+        f"{'yes' if all(c['warm_reused_the_cold_build'] for c in r['corpora']) else 'NO'}):", "",
+        common.md_table(["rows", "TSV MiB", "cache MiB", "cold prepare s", "warm prepare() s",
+                         "warm prepare() s, each process", "order one epoch s", "warm: prepare to first batch s",
+                         "warm peak RSS MiB"],
+                        [[c["rows"], c["tsv_bytes"] / mb, c["cache_bytes"] / mb, c["cold_prepare_seconds"],
+                          c["median_prepare_seconds"], ", ".join(f"{w['prepare_seconds']:.3g}" for w in c["warm"]),
+                          c["median_order_seconds"], c["median_open_to_first_batch_seconds"],
+                          c["median_peak_rss"] / mb] for c in r["corpora"]])])
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
@@ -318,6 +397,13 @@ def main(argv=None):
         raise SystemExit("--out is required")
     common.set_threads(1)
     import dynabert  # noqa: F401
+    if args.warm_only:
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else \
+            ([2000, 10000] if args.smoke else [1000000, 5000000])
+        result = warm_only(args, sizes)
+        common.write_result(args.out, f"corpus_warm_{args.tag}", result, warm_markdown(result))
+        print(warm_markdown(result), flush=True)
+        return 0
     from dynabert.data.readers import read_glue_tsv
     from dynabert.data.tasks import Example
 
@@ -380,6 +466,7 @@ def main(argv=None):
             "corpora": corpora,
             "peak_rss_growth_bytes": growth,
             "split_build": split,
+            "warm_start_runs": warm_runs(args.out, args.with_warm),
             "targets": {
                 "builder_speedup_at_least_10x": single_result["builder_speedup"] >= 10,
                 "fast_speedup_at_least_10x": single_result["fast_speedup"] >= 10,
@@ -405,9 +492,10 @@ def markdown(r: dict) -> str:
                                f"{s['fast_speedup']:.1f}x", s["builder_rows_per_s"], f"{s['builder_speedup']:.1f}x"],
                               [f"{p['rows']} sentence pairs", p["paddle_rows_per_s"], p["fast_rows_per_s"],
                                f"{p['fast_speedup']:.1f}x", "", ""]]),
-             "", f"Synthetic pair corpora from SST-2 sentences; warm: a fresh process runs prepare() (hashes the TSV "
-             f"and every cache file), orders one epoch of length-grouped global batches of {r['global_batch']} from "
-             f"the lengths array and materializes + collates the first batches:", "",
+             "", f"Synthetic pair corpora from SST-2 sentences; warm: a fresh process runs prepare() (stats the "
+             f"sources, checks the manifest's own SHA-256 and the arrays' sizes, maps the arrays), orders one epoch "
+             f"of length-grouped global batches of {r['global_batch']} from the lengths array and materializes + "
+             f"collates the first batches:", "",
              common.md_table(["rows", "TSV MiB", "cold prepare s", "builder peak RSS MiB", "cache MiB",
                               "cache MiB per 1M rows", "warm: prepare to first batch s", "batches iterated",
                               "peak RSS MiB", "RssAnon MiB", "RssFile MiB"],
@@ -427,6 +515,26 @@ def markdown(r: dict) -> str:
               f"start-up) vs two processes tokenizing half each {b['two_processes_tokenize_seconds']:.1f} s + merge "
               f"{b['merge_seconds']:.1f} s = {b['two_processes_seconds']:.1f} s (speedup {b['speedup']:.2f}x).",
               "", "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets"].items()) + "."]
+    runs = r.get("warm_start_runs") or []
+    if runs:
+        lines += ["", "## Warm start: " + " vs ".join(run["tag"] for run in runs), "",
+                  "`corpus_bench --warm-only`: per size one cold build, then fresh processes each running prepare() "
+                  "on the warm cache, ordering one epoch of length-grouped batches and collating the first "
+                  "(medians). Each run names the commit it measured and the machine's load then:", "",
+                  common.md_table(["rows", "run", "commit", "load avg 1/5/15 min", "processes",
+                                   "warm prepare() s", "order one epoch s", "warm: prepare to first batch s",
+                                   "reused the cold build"],
+                                  [[c["rows"], run["tag"], (run["git_commit"] or "?")[:7],
+                                    " / ".join(str(x) for x in run["load_average_1_5_15_min"]), run["warm_reps"],
+                                    c["median_prepare_seconds"], c["median_order_seconds"],
+                                    c["median_open_to_first_batch_seconds"],
+                                    "yes" if c["warm_reused_the_cold_build"] else "NO"]
+                                   for _, _, run, c in sorted((c["rows"], k, run, c) for k, run in enumerate(runs)
+                                                              for c in run["corpora"])]),
+                  "", "Details: " + ", ".join(f"`{run['file']}`" for run in runs) + ". Reproduce (GLUE_DIR set): at "
+                  "each commit `python -m benchmarks.corpus_bench --out DIR --warm-only --tag TAG --sizes "
+                  "1000000,5000000 --warm-reps 3`, then `python -m benchmarks.corpus_bench --out DIR --with-warm "
+                  "TAG,TAG`."]
     return "\n".join(lines)
 
 

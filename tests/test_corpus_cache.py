@@ -1,17 +1,21 @@
 """The corpus cache: rows equal data.encode's, the fingerprint decides reuse, damaged files are rebuilt, and
-processes preparing one cache at once end with one build and one valid cache."""
+processes preparing one cache at once end with one build and one valid cache. A warm open reads no file
+content (sizes, modification times and the manifest's own SHA-256); ``verify`` hashes everything."""
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
 import queue
 import shutil
 import signal
+import types
 import warnings
 
 import numpy as np
 import pytest
 
+from dynabert.data import cache as cache_module
 from dynabert.data.cache import ARRAYS, open_cache, prepare
 from dynabert.data.features import encode
 from dynabert.data.readers import read_glue_tsv
@@ -60,6 +64,81 @@ def builds(lines):
 
 def build_id(cached):
     return cached.manifest["build"]["id"]
+
+
+def set_mtime(path, mtime_ns):
+    os.utime(path, ns=(os.stat(path).st_atime_ns, mtime_ns))
+
+
+def edit_in_place(path, old: bytes, new: bytes):
+    """Replace ``old`` by ``new`` (same length) in the file at ``path``; returns its mtime before."""
+    assert len(old) == len(new)
+    mtime = os.stat(path).st_mtime_ns
+    data = open(path, "rb").read()
+    assert old in data
+    with open(path, "wb") as f:
+        f.write(data.replace(old, new, 1))
+    return mtime
+
+
+class _CountedFile:
+    """A file object whose reads are recorded (bytes per path); everything else is the file's."""
+
+    def __init__(self, f, path, reads):
+        self._f, self._path, self._reads = f, path, reads
+
+    def _count(self, data):
+        self._reads.append((self._path, len(data)))
+        return data
+
+    def read(self, *args):
+        return self._count(self._f.read(*args))
+
+    def readline(self, *args):
+        return self._count(self._f.readline(*args))
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self._reads.append((self._path, n or 0))
+        return n
+
+    def __iter__(self):
+        return (self._count(line) for line in self._f)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+@pytest.fixture
+def content_reads(monkeypatch):
+    """What the cache module reads: ``reads`` [(path, bytes)] through its ``open``, and ``hashed`` bytes
+    through its ``hashlib`` (the module's own names are replaced, nothing global)."""
+    record = types.SimpleNamespace(reads=[], hashed=0)
+
+    def counted_open(file, *args, **kwargs):
+        return _CountedFile(open(file, *args, **kwargs), os.fspath(file), record.reads)
+
+    class CountedHash:
+        def __init__(self, data=b""):
+            self._h = hashlib.sha256()
+            self.update(data)
+
+        def update(self, data):
+            record.hashed += len(data)
+            self._h.update(data)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(cache_module, "open", counted_open, raising=False)
+    monkeypatch.setattr(cache_module, "hashlib", types.SimpleNamespace(sha256=CountedHash))
+    return record
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,18 +203,24 @@ def test_unchanged_inputs_reuse_the_cache(tokenizer, tmp_path):
     assert build_id(first) == build_id(second)
 
 
-def test_one_changed_source_byte_rebuilds(tokenizer, tmp_path):
+@pytest.mark.parametrize("edit", ["other size", "same size, other mtime"])
+def test_an_edited_source_rebuilds_saying_why(tokenizer, tmp_path, edit):
     source = tmp_path / "train.tsv"
     write_sst2(source, sst2_rows(50))
     first = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
-    data = bytearray(source.read_bytes())
-    position = data.index(b"gripping")
-    data[position] = ord("t")  # "tripping": same size, one byte
-    source.write_bytes(bytes(data))
+    size, mtime = os.path.getsize(source), os.stat(source).st_mtime_ns
+    if edit == "other size":  # the time put back: the size alone tells
+        source.write_bytes(source.read_bytes() + b"one more row\t1\n")
+        set_mtime(source, mtime)
+        expected = f"source train.tsv changed ({size} -> {size + 15} bytes)"
+    else:  # "gripping" -> "tripping": one byte; the time moved explicitly (no reliance on the clock's tick)
+        edit_in_place(source, b"gripping", b"tripping")
+        set_mtime(source, mtime + 10**9)
+        expected = "source train.tsv changed (sha256 "
     lines = []
     second = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
                      log=lines.append)
-    assert len(builds(lines)) == 1 and "source train.tsv changed" in builds(lines)[0]
+    assert len(builds(lines)) == 1 and expected in builds(lines)[0], lines
     assert build_id(first) != build_id(second)
     assert_rows_equal(second, reference(str(source), "sst-2", "train", tokenizer, 32))
 
@@ -172,6 +257,8 @@ def test_other_vocabulary_rebuilds(tokenizer, tmp_path):
 @pytest.mark.parametrize("array", ARRAYS)
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_array_is_detected_and_rebuilt(tokenizer, tmp_path, array, damage):
+    """A truncated array is seen at every open (its size); one corrupted in place with its size unchanged
+    only by ``verify`` (a warm open reads no array content: the documented limit)."""
     source = write_sst2(tmp_path / "train.tsv", sst2_rows(40))
     first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
     first.close()
@@ -183,11 +270,18 @@ def test_damaged_array_is_detected_and_rebuilt(tokenizer, tmp_path, array, damag
         data[len(data) // 2] ^= 0x01
     with open(path, "wb") as f:
         f.write(bytes(data))
+    if damage == "flip":
+        lines = []
+        stale = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                        log=lines.append)
+        assert lines == [] and build_id(stale) == build_id(first)  # not seen by the cheap check
+        stale.close()
+        open_cache(first.path).close()
     with pytest.raises(UserError, match=f"{array}.bin"):
-        open_cache(first.path)  # never read as data
+        open_cache(first.path, verify=True)  # never read as data
     lines = []
     cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
-                     log=lines.append)
+                     log=lines.append, verify=damage == "flip")
     expected = "truncated" if damage == "truncate" else "corrupted"
     assert len(builds(lines)) == 1 and f"{array}.bin" in builds(lines)[0] and expected in builds(lines)[0]
     assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 32))
@@ -200,6 +294,141 @@ def test_missing_manifest_is_rebuilt(tokenizer, tmp_path):
     lines = []
     prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=lines.append)
     assert len(builds(lines)) == 1 and "no manifest" in builds(lines)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# the warm open: sizes, times and the manifest's own checksum; verify hashes everything
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_warm_open_reads_no_file_content(tokenizer, tmp_path, content_reads):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(2000))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    manifest = os.path.join(first.path, "manifest.json")
+    content_reads.reads.clear()
+    content_reads.hashed = 0
+    lines = []
+    warm = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                   log=lines.append)
+    assert lines == [] and build_id(warm) == build_id(first)
+    assert {path for path, _ in content_reads.reads} == {manifest}  # no source file, no array
+    assert 0 < content_reads.hashed <= os.path.getsize(manifest)  # the manifest's own checksum only
+    assert warm[1999] == first[1999]  # rows are still read on demand (pread, not the module's open)
+
+
+def test_a_touched_identical_source_is_reused_and_its_new_time_recorded(tokenizer, tmp_path, content_reads):
+    """Chosen behaviour: a new modification time with the same size hashes that one file once; the same
+    SHA-256 keeps the cache (no re-tokenizing for a touch or a copy) and the manifest records the new time."""
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(50))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    new_time = os.stat(source).st_mtime_ns + 7 * 10**9
+    set_mtime(source, new_time)
+    lines = []
+    second = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                     log=lines.append)
+    assert build_id(second) == build_id(first) and builds(lines) == []
+    assert len(lines) == 1 and "train.tsv: modification time changed, contents did not" in lines[0], lines
+    assert "new time recorded" in lines[0]
+    manifest = json.load(open(os.path.join(first.path, "manifest.json")))
+    assert manifest["fingerprint"]["sources"][0]["mtime_ns"] == new_time
+    content_reads.reads.clear()
+    lines = []
+    third = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                    log=lines.append)
+    assert lines == [] and build_id(third) == build_id(first)
+    assert all(os.path.basename(path) == "manifest.json" for path, _ in content_reads.reads)  # cheap again
+
+
+def test_a_source_replaced_with_the_same_size_and_time_is_found_only_by_verify(tokenizer, tmp_path):
+    """The documented limit of the cheap check, and the on-demand check that finds it."""
+    source = tmp_path / "train.tsv"
+    write_sst2(source, sst2_rows(50))
+    first = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    mtime = edit_in_place(source, b"gripping", b"tripping")
+    set_mtime(source, mtime)
+    lines = []
+    stale = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                    log=lines.append)
+    assert lines == [] and build_id(stale) == build_id(first)
+    verified = prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                       log=lines.append, verify=True)
+    assert len(builds(lines)) == 1 and "source train.tsv changed (sha256 " in builds(lines)[0], lines
+    assert_rows_equal(verified, reference(str(source), "sst-2", "train", tokenizer, 32))
+    lines = []
+    prepare("sst-2", "train", str(source), tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=lines.append,
+            verify=True)
+    assert len(lines) == 1 and "verified: 1 source file(s) and 5 arrays match" in lines[0], lines
+
+
+@pytest.mark.parametrize("edit", ["rows", "array size", "not json"])
+def test_an_edited_manifest_is_rebuilt(tokenizer, tmp_path, edit):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(30))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    path = os.path.join(first.path, "manifest.json")
+    manifest = json.load(open(path))
+    if edit == "rows":
+        manifest["rows"] -= 1
+    elif edit == "array size":  # a manifest made to agree with a truncated array
+        manifest["arrays"]["lengths"]["bytes"] -= 4
+    text = json.dumps(manifest, indent=1) if edit != "not json" else "{\"format_version\": 2, "
+    with open(path, "w") as f:
+        f.write(text)
+    lines = []
+    cached = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path,
+                     log=lines.append)
+    expected = "manifest unreadable" if edit == "not json" else "manifest.json does not match its own SHA-256"
+    assert len(builds(lines)) == 1 and expected in builds(lines)[0], lines
+    assert_rows_equal(cached, reference(source, "sst-2", "train", tokenizer, 32))
+
+
+def test_a_cache_of_another_format_version_is_rebuilt_once(tokenizer, tmp_path):
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(30))
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=print)
+    path = os.path.join(first.path, "manifest.json")
+    manifest = json.load(open(path))
+    # as format 1 wrote it: no checksum of its own, sources fingerprinted by SHA-256 and size only
+    del manifest["manifest_sha256"]
+    manifest["format_version"] = manifest["fingerprint"]["format_version"] = 1
+    for entry in manifest["fingerprint"]["sources"]:
+        del entry["mtime_ns"]
+    with open(path, "w") as f:
+        f.write(json.dumps(manifest, indent=1))
+    lines = []
+    for _ in range(2):
+        prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=32, cache_dir=tmp_path, log=lines.append)
+    assert len(builds(lines)) == 1, lines
+    assert f"cache format version 1, this code's is {cache_module.FORMAT_VERSION}" in builds(lines)[0]
+
+
+def test_dynabert_prepare_verify_finds_what_the_cheap_check_cannot(tokenizer, tmp_path, tiny_model_dir, capsys):
+    """``dynabert-prepare --verify``: a cache array corrupted in place (same size) is found, rebuilt and
+    named; without --verify it is not (the documented limit); a sound cache is reported verified."""
+    from launcher import prepare_cli
+    from tests.conftest import ROOT
+
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    write_sst2(tmp_path / "glue" / "SST-2" / "train.tsv", sst2_rows(120, seed=5))
+    write_sst2(tmp_path / "glue" / "SST-2" / "dev.tsv", sst2_rows(20, seed=6))
+    argv = ["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--set", f"model.name_or_path={tiny_model_dir}",
+            "--set", f"data.glue_dir={tmp_path / 'glue'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", f"run.out_dir={tmp_path / 'run'}", "--set", "data.select_on=dev"]
+    assert prepare_cli.main(argv) == 0
+    assert len(builds(capsys.readouterr().out.splitlines())) == 2  # train and dev
+    ids = tmp_path / "cache" / "sst-2.train" / "ids.bin"
+    data = bytearray(ids.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    ids.write_bytes(bytes(data))
+    assert prepare_cli.main(argv) == 0
+    assert builds(capsys.readouterr().out.splitlines()) == []
+    assert prepare_cli.main(argv + ["--verify"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(builds(out)) == 1, out
+    assert "sst-2.train: building (ids.bin does not match its SHA-256 in the manifest (corrupted))" in builds(out)[0]
+    assert any("sst-2.dev: verified: 1 source file(s) and 5 arrays match" in line for line in out), out
+    assert any(line.startswith("prepared and verified in ") for line in out), out
+    assert prepare_cli.main(argv + ["--verify"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert builds(out) == [] and sum(": verified: " in line for line in out) == 2, out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,6 +564,26 @@ def test_a_process_waits_on_the_lock_instead_of_building(tokenizer, tmp_path):
     assert child.exitcode == 0
     assert len(builds(_drain(lines))) == 1
     assert_rows_equal(open_cache(str(cache_dir / "sst-2.train")), reference(source, "sst-2", "train", tokenizer, 64))
+
+
+@pytest.mark.dist
+def test_processes_opening_a_touched_source_at_once_hash_it_once(tokenizer, tmp_path):
+    """The touched file is hashed and its time recorded by one process (under the build lock); the others
+    find the manifest updated, whatever the order they come in (no timing assumed)."""
+    source = write_sst2(tmp_path / "train.tsv", sst2_rows(300))
+    cache_dir = str(tmp_path / "cache")
+    first = prepare("sst-2", "train", source, tokenizer=tokenizer, max_seq_len=64, cache_dir=cache_dir, log=print)
+    set_mtime(source, os.stat(source).st_mtime_ns + 3 * 10**9)
+    ctx = multiprocessing.get_context("spawn")
+    children, start, lines = _start_children(ctx, 2, source, cache_dir, tmp_path)
+    start.set()
+    for child in children:
+        child.join(timeout=300)
+        assert child.exitcode == 0
+    out = _drain(lines)
+    assert builds(out) == []
+    assert sum("modification time changed, contents did not" in line for line in out) == 1, out
+    assert {json.load(open(tmp_path / f"result{k}.json"))["build"] for k in range(2)} == {build_id(first)}
 
 
 @pytest.mark.dist

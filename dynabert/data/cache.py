@@ -8,12 +8,29 @@
 Any number of processes may call ``prepare`` at once (ranks of a job, nodes sharing a filesystem, two jobs):
 they take an fcntl lock on ``<cache_dir>/<task>.<split>.lock``, shared to check and exclusive to build, so one
 builds while the others block in the kernel (no polling, no collective). The builder fills a temporary
-directory and renames it into place; the others then verify and open it. A cache is reused when its
-fingerprint matches, else rebuilt with ONE log line saying why. The fingerprint: SHA-256 and size of each
-source file (the task's file, then ``extra_files`` in order), the tokenizer's settings and vocabulary
+directory and renames it into place; the others then check and open it. A cache is reused when its
+fingerprint matches, else rebuilt with ONE log line saying why. The fingerprint: each source file's name, size
+and modification time (the task's file, then ``extra_files`` in order), the tokenizer's settings and vocabulary
 (``FastBertTokenizer.settings``), ``max_seq_len``, truncation strategy, ``limit`` (rows kept, counted over all
-files in order), library versions, FORMAT_VERSION. Each array file's size and SHA-256 are checked at every
-open: a truncated or corrupted file is rebuilt, never read as data.
+files in order), library versions, FORMAT_VERSION.
+
+Opening a warm cache costs the same whatever the corpus size: it stats the source files, reads
+``manifest.json`` and checks the manifest's own SHA-256 (an edited manifest is rebuilt), compares each array
+file's size with the manifest's (a truncated file is rebuilt) and maps the arrays; it reads no source or array
+content. The manifest also records each source file's and each array's SHA-256, which only these read:
+
+- a source file whose modification time changed but whose size did not: this one file is hashed (by one
+  process, under the build lock); the same SHA-256 (a ``touch``, a copy) keeps the cache and records the new
+  time in the manifest, another rebuilds;
+- ``verify=True`` (``dynabert-prepare --verify``): every source file and every array is hashed, and a cache
+  that differs is rebuilt, saying what differed.
+
+So two changes are found only by ``verify``: a source file replaced by one of the same size and the same
+modification time (a tool that restores times, or an edit within the filesystem's time granularity), and an
+array file corrupted in place without changing its size (a disk error, a stray write).
+
+A cache of another FORMAT_VERSION is rebuilt, saying so: code of two format versions sharing one cache
+directory rebuilds each time they alternate.
 
 One process builds the whole cache: measured on the 2-core machine (benchmarks/corpus_bench.py), two
 processes building half each were slower, since each must parse every file to find its half and tokenizing
@@ -46,7 +63,7 @@ from dynabert.data.tokenizer import TRUNCATION, FastBertTokenizer
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sources' sizes and mtimes checked at open, hashed on demand; the manifest's own SHA-256
 MANIFEST = "manifest.json"
 ARRAYS = ("ids", "offsets", "segment_a", "lengths", "labels")
 _CHUNK_ROWS = 16384  # rows tokenized per call: bounds the builder's transient memory
@@ -54,13 +71,15 @@ _HASH_BLOCK = 1 << 20
 
 
 def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir, extra_files=(), limit=None,
-            log=print, name: str = "") -> "CachedSplit":
+            log=print, name: str = "", verify: bool = False) -> "CachedSplit":
     """The cache of one split (built if missing or stale), opened. See the module docstring.
 
     ``tokenizer`` is the PaddleNLP ``BertTokenizer`` whose ids the cache holds (``models.load_tokenizer``);
     ``extra_files`` (train only) are paths or globs in the format of the task's training file, appended in
     order. Files are read with the task's reader (``readers.read_examples``: GLUE's TSV or custom data's).
-    ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart)."""
+    ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart).
+    ``verify``: hash every source file and array against the manifest (the module docstring says when only
+    this finds a change), rebuild what differs, and log what was checked."""
     spec = get_task(task)
     extra = expand_files(extra_files)
     if extra and split != "train":
@@ -75,16 +94,27 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
         raise UserError(f"corpus cache directory {cache_dir}: cannot create it: {e.strerror or e}") from None
     target = os.path.join(os.path.abspath(os.fspath(cache_dir)), name or f"{spec.name}.{split}")
     lock_path = target + ".lock"
-    with _FileLock(lock_path, exclusive=False, log=log):
-        manifest, problem = _check(target, fingerprint)
-        if problem is None:
-            return CachedSplit(target, manifest)
+    if not verify:
+        with _FileLock(lock_path, exclusive=False, log=log):
+            manifest, problem, _ = _check(target, fingerprint)
+            if problem is None:
+                return CachedSplit(target, manifest)
     with _FileLock(lock_path, exclusive=True, log=log):
-        manifest, problem = _check(target, fingerprint)  # another process may have built it meanwhile
+        # another process may have built it, or recorded a touched file's time, meanwhile
+        manifest, problem, touched = _check(target, fingerprint)
+        if touched or (verify and problem is None):
+            problem = _changed_sources(manifest, files, range(len(files)) if verify else touched) or \
+                (_changed_arrays(target, manifest) if verify else None)
         if problem is None:
+            if touched:
+                _record_times(target, manifest, fingerprint, touched, log)
+            if verify:
+                log(f"corpus cache {target}: verified: {len(files)} source file(s) and {len(ARRAYS)} arrays match "
+                    f"the SHA-256 in its manifest")
             return CachedSplit(target, manifest)
         log(f"corpus cache {target}: building ({problem})")
         _remove_leftovers(target)
+        fingerprint = _with_digests(fingerprint, files)
         manifest = _build(target, spec, split, files, fast, max_seq_len, limit, fingerprint)
         return CachedSplit(target, manifest)
 
@@ -160,9 +190,12 @@ class CachedSplit:
         self._files, self._maps = {}, {}
 
 
-def open_cache(path: str) -> CachedSplit:
-    """Open a cache directory after checking its files against its manifest (no fingerprint check)."""
-    manifest, problem = _check(path, None)
+def open_cache(path: str, verify: bool = False) -> CachedSplit:
+    """Open a cache directory after checking its manifest and its arrays' sizes (``verify``: and their
+    SHA-256) against the manifest; the source files are not looked at."""
+    manifest, problem, _ = _check(path, None)
+    if problem is None and verify:
+        problem = _changed_arrays(path, manifest)
     if problem is not None:
         raise UserError(f"corpus cache {path}: {problem}")
     return CachedSplit(path, manifest)
@@ -206,16 +239,30 @@ def _file_digest(path: str) -> tuple:
     return digest.hexdigest(), size
 
 
+def _source_stat(path: str) -> dict:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    return {"name": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _fingerprint(task: str, split: str, files, fast: FastBertTokenizer, max_seq_len: int, limit) -> dict:
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len must be at least 3 ([CLS] x [SEP]), got {max_seq_len}")
-    sources = []
-    for path in files:
-        sha, size = _file_digest(path)
-        sources.append({"name": os.path.basename(path), "sha256": sha, "bytes": size})
+    sources = [_source_stat(path) for path in files]  # no content read: the builder adds the SHA-256
     return {"format_version": FORMAT_VERSION, "task": task, "split": split, "sources": sources, "limit": limit,
             "max_seq_len": int(max_seq_len), "truncation": TRUNCATION, "tokenizer": fast.settings(),
             "versions": {dist: _version(dist) for dist in ("paddlenlp", "tokenizers")}}
+
+
+def _with_digests(fingerprint: dict, files) -> dict:
+    """The fingerprint with each source's SHA-256 (read after its size and time were taken, so a file that
+    changes meanwhile is found changed at the next open)."""
+    sources = [dict(source, sha256=_file_digest(path)[0]) for source, path in zip(fingerprint["sources"], files)]
+    return dict(fingerprint, sources=sources)
 
 
 def _version(dist: str):
@@ -225,57 +272,127 @@ def _version(dist: str):
         return None
 
 
+def _manifest_digest(manifest: dict) -> str:
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _write_manifest(folder: str, manifest: dict) -> None:
+    """Write ``manifest.json`` with its own SHA-256, atomically (a temporary file renamed over it)."""
+    manifest["manifest_sha256"] = _manifest_digest(json.loads(json.dumps(manifest)))  # as a reader will parse it
+    path = os.path.join(folder, MANIFEST)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _check(path: str, fingerprint):
-    """(manifest, None) if the cache at ``path`` is complete, intact and (unless ``fingerprint`` is None)
-    built from the same inputs; else (None, why not)."""
+    """The cheap check, in time independent of the corpus size: no source or array content is read.
+
+    (manifest, None, []) if the cache at ``path`` is complete, its manifest intact, its arrays of the recorded
+    sizes and (unless ``fingerprint`` is None) built from the same inputs, by name, size and modification
+    time. (manifest, why, touched) if it is so except that the sources at indices ``touched`` have other
+    modification times (same sizes): hashing them decides. Else (None, why not, [])."""
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.exists(manifest_path):
-        return None, "no cache yet" if not os.path.exists(path) else "no manifest"
+        return None, "no cache yet" if not os.path.exists(path) else "no manifest", []
     try:
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            return None, f"cache format version {version}, this code's is {FORMAT_VERSION}", []
+        if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+            return None, "manifest.json does not match its own SHA-256 (edited or damaged)", []
         old = manifest["fingerprint"]
         arrays = manifest["arrays"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return None, f"manifest unreadable: {type(e).__name__}: {e}"
-    if fingerprint is not None and old != fingerprint:
-        return None, _difference(old, fingerprint)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"manifest unreadable: {type(e).__name__}: {e}", []
+    touched = []
+    if fingerprint is not None:
+        problem = _difference(old, fingerprint)
+        if problem is not None:
+            return None, problem, []
+        touched = [k for k, (before, now) in enumerate(zip(old["sources"], fingerprint["sources"]))
+                   if before.get("mtime_ns") != now["mtime_ns"]]
     for name in ARRAYS:
         meta = arrays.get(name)
         if not isinstance(meta, dict):
-            return None, f"manifest lists no {name} array"
-        file_path = os.path.join(path, meta["file"])
+            return None, f"manifest lists no {name} array", []
         try:
-            size = os.path.getsize(file_path)
+            size = os.path.getsize(os.path.join(path, meta["file"]))
         except OSError:
-            return None, f"{meta['file']} is missing"
+            return None, f"{meta['file']} is missing", []
         if size != meta["bytes"]:
-            return None, f"{meta['file']} has {size} bytes, the manifest says {meta['bytes']} (truncated?)"
-        if _file_digest(file_path)[0] != meta["sha256"]:
-            return None, f"{meta['file']} does not match its SHA-256 in the manifest (corrupted)"
-    return manifest, None
+            return None, f"{meta['file']} has {size} bytes, the manifest says {meta['bytes']} (truncated?)", []
+    if touched:
+        names = ", ".join(fingerprint["sources"][k]["name"] for k in touched)
+        return manifest, f"modification time of {names} changed, size did not", touched
+    return manifest, None, []
 
 
-def _difference(old: dict, new: dict) -> str:
-    """The first input that changed, in one phrase."""
+def _changed_sources(manifest: dict, files, indices):
+    """Why the sources at ``indices`` differ from the SHA-256 the manifest records, or None (reads them)."""
+    for k in indices:
+        recorded = manifest["fingerprint"]["sources"][k]
+        sha, size = _file_digest(files[k])
+        if sha != recorded.get("sha256"):
+            return (f"source {recorded['name']} changed (sha256 {str(recorded.get('sha256'))[:12]}... -> "
+                    f"{sha[:12]}..., {recorded.get('bytes')} -> {size} bytes)")
+    return None
+
+
+def _changed_arrays(path: str, manifest: dict):
+    """Why an array differs from the SHA-256 the manifest records, or None (reads every array)."""
+    for name in ARRAYS:
+        meta = manifest["arrays"][name]
+        if _file_digest(os.path.join(path, meta["file"]))[0] != meta["sha256"]:
+            return f"{meta['file']} does not match its SHA-256 in the manifest (corrupted)"
+    return None
+
+
+def _record_times(path: str, manifest: dict, fingerprint: dict, touched, log) -> None:
+    """Sources at ``touched`` were hashed and are unchanged: record their new modification times, so the
+    next open is cheap again. Under the exclusive lock; a cache directory we may not write is used as is."""
+    names = ", ".join(fingerprint["sources"][k]["name"] for k in touched)
+    for k in touched:
+        manifest["fingerprint"]["sources"][k]["mtime_ns"] = fingerprint["sources"][k]["mtime_ns"]
+    try:
+        _write_manifest(path, manifest)
+        recorded = "new time recorded"
+    except OSError as e:
+        recorded = f"new time not recorded: {e.strerror or e}"
+    log(f"corpus cache {path}: {names}: modification time changed, contents did not (same SHA-256): reused, "
+        f"{recorded}")
+
+
+def _difference(old: dict, new: dict):
+    """The first input that changed, in one phrase (sources by name and size; their times are compared by
+    ``_check``), or None."""
     old_sources, new_sources = old.get("sources") or [], new["sources"]
     if [s.get("name") for s in old_sources] != [s["name"] for s in new_sources]:
         return (f"source files changed: {', '.join(s.get('name', '?') for s in old_sources)} -> "
                 f"{', '.join(s['name'] for s in new_sources)}")
     for before, after in zip(old_sources, new_sources):
-        if before != after:
-            return (f"source {after['name']} changed (sha256 {str(before.get('sha256'))[:12]}... -> "
-                    f"{after['sha256'][:12]}..., {before.get('bytes')} -> {after['bytes']} bytes)")
+        if before.get("bytes") != after["bytes"]:
+            return f"source {after['name']} changed ({before.get('bytes')} -> {after['bytes']} bytes)"
     old_tok, new_tok = old.get("tokenizer") or {}, new["tokenizer"]
     if old_tok.get("vocab_sha256") != new_tok["vocab_sha256"]:
         return "vocabulary changed"
     for key, value in new_tok.items():
         if old_tok.get(key) != value:
             return f"tokenizer {key} {old_tok.get(key)!r} -> {value!r}"
-    for key, value in new.items():
-        if old.get(key) != value:
-            return f"{key} {old.get(key)!r} -> {value!r}"
-    return "fingerprint changed"
+    for key in {**old, **new}:
+        if key != "sources" and old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,10 +463,7 @@ def _build(target, spec, split, files, fast, max_seq_len, limit, fingerprint) ->
         manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "rows": rows, "tokens": tokens,
                     "pair": any_pair, "regression": spec.is_regression, "arrays": arrays, "sources": files,
                     "build": build}
-        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:  # the directory is renamed whole
-            f.write(json.dumps(manifest, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_manifest(tmp, manifest)
     return manifest
 
 

@@ -75,16 +75,19 @@ def cache_dir(cfg: Config) -> str:
     return cfg.data.cache_dir or os.path.join(cfg.run.out_dir, "cache")
 
 
-def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None]) -> TaskData:
+def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[str], None],
+                   verify: bool = False) -> TaskData:
     """The run's ``TaskData``: dev always; the training rows, the selection split and the augmented corpus
     only when the run trains (``needs_train``), so a run that does not train never reads the training
     corpus. Validation rows are carved from the task's own training rows only, never from the augmented
-    corpus (whose rows are variants of the training rows: README, "Data")."""
+    corpus (whose rows are variants of the training rows: README, "Data"). ``verify``: hash the cached
+    splits' files against their manifests (``corpus_cache.prepare``)."""
     spec = task_spec(cfg)
     dev_split = spec.dev_splits[0]  # MNLI: dev_matched
     honest = cfg.data.select_on == "validation"
     sources: Dict[str, str] = {}
-    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit, sources=sources)
+    dev = load_features(cfg, spec, dev_split, tokenizer, log, limit=cfg.data.dev_limit, sources=sources,
+                        verify=verify)
     sources["dev"] = sources.pop(dev_split)  # (MNLI: dev_matched) the reported split, whatever its file
     train: Sequence = []
     augmented: Sequence = []
@@ -92,7 +95,7 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
     if needs_train:
         # The honest protocol draws validation rows from the whole training set, so it reads all of it.
         rows = load_features(cfg, spec, "train", tokenizer, log, limit=None if honest else cfg.data.train_limit,
-                             sources=sources)
+                             sources=sources, verify=verify)
         if honest:
             train_idx, held = carve_indices(len(rows), cfg.data.validation_rows, cfg.run.seed, cfg.data.train_limit)
             train, selection = take(rows, train_idx), take(rows, held)
@@ -103,7 +106,7 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
             train = rows
             log(f"data: importance and selection on {dev_split} (the tutorial's protocol)")
         if cfg.data.train_files:
-            augmented = load_augmented(cfg, spec, tokenizer, log, sources=sources)
+            augmented = load_augmented(cfg, spec, tokenizer, log, sources=sources, verify=verify)
             if honest:
                 augmented = drop_variants_of_held_out(cfg, spec, augmented, held, log)
             log(f"data: {len(augmented)} rows of data.train_files for distillation"
@@ -119,13 +122,13 @@ def load_task_data(cfg: Config, tokenizer, *, needs_train: bool, log: Callable[[
 
 
 def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Callable[[str], None], *, limit=None,
-                  sources: Optional[Dict[str, str]] = None) -> Sequence:
+                  sources: Optional[Dict[str, str]] = None, verify: bool = False) -> Sequence:
     """A split's features: the corpus cache for files (GLUE_DIR's, custom data's), else PaddleNLP's download
     or the built-in set, tokenized in memory. ``sources[split]`` says which."""
     path, _ = task_file(spec, split, cfg.data.glue_dir)
     if path is not None:
         cached = corpus_cache.prepare(spec, split, path, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len,
-                                      cache_dir=cache_dir(cfg), limit=limit, log=log)
+                                      cache_dir=cache_dir(cfg), limit=limit, log=log, verify=verify)
         source = f"{'' if spec.is_custom else 'GLUE_DIR '}{os.path.abspath(path)}"
         log(f"data {split}: {source}: {len(cached)} rows, tokenized in {cached.path}")
     else:
@@ -138,7 +141,7 @@ def load_features(cfg: Config, spec: TaskSpec, split: str, tokenizer, log: Calla
 
 
 def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], None], *,
-                   sources: Optional[Dict[str, str]] = None) -> Sequence:
+                   sources: Optional[Dict[str, str]] = None, verify: bool = False) -> Sequence:
     """data.train_files' rows (the format of the task's training file), tokenized once into a cache of their
     own."""
     files = corpus_cache.expand_files(cfg.data.train_files)
@@ -151,7 +154,7 @@ def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], 
         return encode(examples, tokenizer, cfg.data.max_seq_len)
     return corpus_cache.prepare(spec, "train", files[0], extra_files=files[1:], tokenizer=tokenizer,
                                 max_seq_len=cfg.data.max_seq_len, cache_dir=cache_dir(cfg), log=log,
-                                name=f"{spec.name}.augmented")
+                                name=f"{spec.name}.augmented", verify=verify)
 
 
 def drop_variants_of_held_out(cfg: Config, spec: TaskSpec, augmented: Sequence, held: np.ndarray,

@@ -1,8 +1,9 @@
 """Stage 0, ``prepare``: the data a run needs, tokenized once.
 
 A split that comes from GLUE_DIR (or ``data.train_files``) is tokenized once into the on-disk corpus cache
-(``dynabert/data/cache.py``) and opened memory-mapped: a rank holds only its current batch's rows, and a
-warm start costs seconds whatever the corpus size. Every rank calls this; a file lock lets one process per
+(``dynabert/data/cache.py``) and opened memory-mapped: a rank holds only its current batch's rows, and
+opening a warm cache reads no file content (sizes, modification times, the manifest's own checksum), so it
+costs the same whatever the corpus size. Every rank calls this; a file lock lets one process per
 cache directory build while the others wait (no collective), so a node-local cache is built once per
 node and a cache on a filesystem all nodes share is built once per job. Data from PaddleNLP's download or
 the built-in synthetic set is small and stays in memory. Runs that do not train (export only) never read
@@ -23,6 +24,7 @@ def needs_training_data(cfg: Config) -> bool:
             or "select" in stages)
 
 
-def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None) -> TaskData:
+def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None,
+                 verify: bool = False) -> TaskData:
     return load_task_data(cfg, tokenizer, needs_train=needs_training_data(cfg) if needs_train is None else needs_train,
-                          log=log.info)
+                          log=log.info, verify=verify)
