@@ -125,3 +125,17 @@ def test_no_import_cycles_between_modules():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+def test_no_file_holds_merge_conflict_markers():
+    markers = re.compile(r"^(<<<<<<< |>>>>>>> |=======$)", re.M)
+    offenders = []
+    for base, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("runs", "log", "__pycache__")]
+        for name in files:
+            if name.endswith((".py", ".md", ".yaml", ".txt", ".toml", ".sh")) or name in ("Makefile", "run"):
+                path = os.path.join(base, name)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    if markers.search(f.read()):
+                        offenders.append(os.path.relpath(path, ROOT))
+    assert offenders == []
