@@ -327,6 +327,20 @@ def test_collective_timeout_default_and_override():
     assert collective_timeout({"DYNABERT_COLLECTIVE_TIMEOUT": "0"}) == 0.0
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "inf", "nan"])
+def test_a_bad_peer_timeout_is_refused_before_launching(value):
+    with pytest.raises(UserError, match=r"^DYNABERT_PEER_TIMEOUT='.*': expected seconds >= 0 \(0 disables the time"):
+        build(base_env={**BASE_ENV, "DYNABERT_PEER_TIMEOUT": value})
+
+
+def test_peer_timeout_default_and_override():
+    from launcher.launch_cmd import peer_timeout
+
+    assert peer_timeout({}) == 120.0
+    assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "20"}) == 20.0
+    assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "0"}) == 0.0
+
+
 # --- device selection -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hidden", ["", " ", "-1"])
