@@ -15,7 +15,7 @@ Paddle 2.6's HTTP master does not tell healthy nodes that another one failed, an
 * ``PeerMonitor``: a rank that fails posts its one-line error in the job's TCP store, and every other rank
   ends with it within about a second, wherever it is (computing, in a collective, waiting on the store).
   A rank that dies without a word, or whose process stops answering, is given up on after
-  ``DYNABERT_PEER_TIMEOUT`` seconds (default 120) without a heartbeat; so is a process group that does not
+  ``DYNABERT_PEER_TIMEOUT`` seconds (default 90) without a heartbeat; so is a process group that does not
   form (a rank that failed before joining).
 * ``CollectiveWatchdog``: a collective that has not returned within ``DYNABERT_COLLECTIVE_TIMEOUT`` seconds
   (default 1800, 0 = off) while every rank is alive (a hang) ends its rank with code 4.

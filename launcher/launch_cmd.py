@@ -61,12 +61,14 @@ EXIT_COLLECTIVE_TIMEOUT = 4
 
 # How long a rank goes on when another rank gives no sign of life (launcher/fleet_setup.py, PeerMonitor): a
 # rank that fails tells the others through the job's store at once; one that dies without a word (SIGKILL,
-# a lost machine), never joins the process group, or stops answering is given up on after this many seconds,
-# and the ranks that gave up exit with EXIT_PEER_LOST. 0 disables the time limits (a failure that was posted
-# still ends every rank). Long waits for a peer that is alive (a node building its corpus cache for an hour)
-# are not limited: the peer sends a heartbeat every second meanwhile.
+# a lost machine) or stops answering is given up on after this many seconds, and the ranks that gave up exit
+# with EXIT_PEER_LOST; a rank whose process group has not formed by then is killed (exit status 137). The
+# default keeps a whole job's end under 2 minutes: 90 s, then at most about 15 s for the other ranks to read
+# the news and leave. 0 disables the time limits (a failure that was posted still ends every rank). Long
+# waits for a peer that is alive (a node building its corpus cache for an hour) are not limited: the peer
+# sends a heartbeat every second meanwhile.
 PEER_TIMEOUT_ENV = "DYNABERT_PEER_TIMEOUT"
-DEFAULT_PEER_TIMEOUT_S = 120.0
+DEFAULT_PEER_TIMEOUT_S = 90.0
 EXIT_PEER_LOST = 5
 
 # Read by the launcher or by init_parallel_env in place of our flags, or set per worker by the launcher:
@@ -219,7 +221,7 @@ def collective_timeout(env: Mapping[str, str]) -> float:
 
 
 def peer_timeout(env: Mapping[str, str]) -> float:
-    """Seconds from ``DYNABERT_PEER_TIMEOUT`` (default 120; 0 = no time limit on a silent peer)."""
+    """Seconds from ``DYNABERT_PEER_TIMEOUT`` (default 90; 0 = no time limit on a silent peer)."""
     return _seconds(env, PEER_TIMEOUT_ENV, DEFAULT_PEER_TIMEOUT_S, "0 disables the time limit")
 
 

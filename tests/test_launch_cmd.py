@@ -336,7 +336,7 @@ def test_a_bad_peer_timeout_is_refused_before_launching(value):
 def test_peer_timeout_default_and_override():
     from launcher.launch_cmd import peer_timeout
 
-    assert peer_timeout({}) == 120.0
+    assert peer_timeout({}) == 90.0
     assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "20"}) == 20.0
     assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "0"}) == 0.0
 

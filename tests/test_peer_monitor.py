@@ -60,7 +60,7 @@ def _exit(code):
     raise Exited(code)
 
 
-def monitor(store, clock, rank, world_size=3, timeout_s=120.0, lines=None):
+def monitor(store, clock, rank, world_size=3, timeout_s=90.0, lines=None):
     return PeerMonitor(store, rank=rank, world_size=world_size, timeout_s=timeout_s, where="10.0.0.1:6170",
                        clock=clock, sleep=clock.sleep, write=(lines if lines is not None else []).append,
                        exit_process=_exit, guard=CollectiveWatchdog(0, rank))
@@ -132,7 +132,7 @@ def test_the_thread_ends_this_process_with_the_failing_ranks_line_within_a_poll(
     assert clock.now - failed_at[0] <= PeerMonitor.POLL_S
 
 
-@pytest.mark.parametrize("timeout_s", [20.0, 120.0])
+@pytest.mark.parametrize("timeout_s", [20.0, 90.0])
 @pytest.mark.parametrize("phase", [0.0, 0.3, 1.0, 2.5, 4.0, 4.9])
 def test_a_silent_rank_is_given_up_on_within_the_timeout_of_its_last_heartbeat(timeout_s, phase):
     """Rank 2 dies (no word) at a time that falls anywhere in rank 0's checking schedule."""
