@@ -240,6 +240,10 @@ class PeerMonitor:
 
     POLL_S = 1.0
     LINGER_S = 10.0  # how long a leaving rank waits for the others to have read the failure
+    # A rank that ends because of another's failure leaves this much after: Paddle's launcher checks its
+    # workers every second and names the first failed one in rank order, which on the failing rank's node
+    # should be the failing rank (its log is the one to read), not a rank that only relays its error.
+    OUTLIVE_S = 3.0
 
     def __init__(self, store, *, rank: int, world_size: int, timeout_s: float, where: str = "",
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
@@ -260,6 +264,7 @@ class PeerMonitor:
         self._heard: dict = {}  # watched rank -> (its heartbeat counter, when this rank first read that value)
         self._own_failure: Optional[PeerFailure] = None  # to post in leave()
         self._leaving = world_size  # ranks expected to read a failure before this one leaves
+        self._relaying = False  # ending because of a failure another rank posted, which is leaving too
         self._stopped = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -296,8 +301,8 @@ class PeerMonitor:
         self._write(f"error: {failure.line}")  # first: whatever happens to the store next, the log says why
         if failure.tell_others:
             self._own_failure = failure
-        if failure.lost:
-            self._leaving -= 1
+        self._leaving -= failure.lost
+        self._relaying = not (failure.tell_others or failure.lost)
         self.leave()
         self._exit(failure.exit_code)
 
@@ -318,6 +323,7 @@ class PeerMonitor:
                 peer = self._store_lost(e)
             if peer is not None:
                 self._leaving -= peer.lost
+                self._relaying = not (peer.tell_others or peer.lost)
                 return peer.exit_code, peer.line
         self._own_failure = PeerFailure(self.rank, exit_code, f"rank {self.rank} failed: {message}")
         return exit_code, message
@@ -335,7 +341,9 @@ class PeerMonitor:
                 self._add("leaving", 1)
             self._wait_for_all("leaving", self.LINGER_S, self._leaving)
         except Exception:
-            pass  # the store is gone: nobody is left to tell
+            return  # the store is gone: nobody is left to tell
+        if self._relaying:
+            self._sleep(self.OUTLIVE_S)
 
     def stop(self) -> None:
         """The job is done on every rank (after the final barrier): stop watching. Rank 0 waits until every

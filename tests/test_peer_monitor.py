@@ -61,8 +61,10 @@ def _exit(code):
 
 
 def monitor(store, clock, rank, world_size=3, timeout_s=90.0, lines=None):
+    """``lines``: a list that gets what the monitor writes, as (fake time, line)."""
+    written = lines if lines is not None else []
     return PeerMonitor(store, rank=rank, world_size=world_size, timeout_s=timeout_s, where="10.0.0.1:6170",
-                       clock=clock, sleep=clock.sleep, write=(lines if lines is not None else []).append,
+                       clock=clock, sleep=clock.sleep, write=lambda line: written.append((clock.now, line)),
                        exit_process=_exit, guard=CollectiveWatchdog(0, rank))
 
 
@@ -128,8 +130,12 @@ def test_the_thread_ends_this_process_with_the_failing_ranks_line_within_a_poll(
     with pytest.raises(Exited) as ended:
         m0.watch(stopped)
     assert ended.value.code == 2
-    assert lines == ["error: rank 1 failed: model directory /nonexistent does not exist"]
-    assert clock.now - failed_at[0] <= PeerMonitor.POLL_S
+    (written_at, line), = lines
+    assert line == "error: rank 1 failed: model directory /nonexistent does not exist"
+    assert written_at - failed_at[0] <= PeerMonitor.POLL_S
+    # It leaves after the failing rank (which had nobody left to wait for), so that Paddle's launcher on a
+    # node with both names the failing rank.
+    assert clock.now - written_at == PeerMonitor.OUTLIVE_S
 
 
 @pytest.mark.parametrize("timeout_s", [20.0, 90.0])
@@ -181,11 +187,11 @@ def test_the_lost_rank_is_posted_for_the_others_who_then_do_not_wait_for_it():
 
     with pytest.raises(Exited) as ended:
         ms[0].watch(rank_1_lives)  # ends after telling the others, and waiting (LINGER_S) for rank 1 to read it
-    assert ended.value.code == EXIT_PEER_LOST and lines[0][0].startswith("error: rank 2 has given no sign of life")
+    assert ended.value.code == EXIT_PEER_LOST and lines[0][0][1].startswith("error: rank 2 has given no sign of life")
     before = clock.now
     with pytest.raises(Exited) as ended:
         ms[1].watch(lambda seconds: clock.sleep(seconds))
-    assert ended.value.code == EXIT_PEER_LOST and lines[1] == lines[0]
+    assert ended.value.code == EXIT_PEER_LOST and lines[1][0][1] == lines[0][0][1]
     assert clock.now - before == PeerMonitor.POLL_S  # one poll, then no wait: ranks 0 and 1 have both read it
 
 
