@@ -3,7 +3,7 @@
 dynabert/ never imports paddle.distributed: the launcher builds a ``Collectives`` for the job
 (launcher/fleet_setup.py) and this module's ``SingleProcess`` serves the one-process case and tests.
 """
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import paddle
@@ -64,6 +64,15 @@ class Collectives:
         finish without sitting inside a collective. Returns fn's result on rank 0, None elsewhere."""
         raise NotImplementedError
 
+    def fail(self, exit_code: int, message: str, *, may_follow_a_peer: bool = False) -> Tuple[int, str]:
+        """This rank is about to end with ``exit_code`` and the one-line ``message``. Returns the code and
+        message to end with: these, or with ``may_follow_a_peer`` (an unexpected exception, such as a
+        collective broken by a peer that left) a failure another rank reported first. The entry point
+        prints the message, then calls ``leave``, which tells the other ranks, so none waits for this one."""
+        return exit_code, message
+
+    def leave(self) -> None:
+        """After ``fail``: tell the other ranks and give them a moment to read it before this process ends."""
 
     # ---- built from the primitives above -------------------------------------------------------------
     def decide(self, fn: Callable[[], T]) -> T:

@@ -12,9 +12,12 @@ rank order* -- usually rank 0's -15 from being killed (exit status 241), not the
 So the failing rank is taken from that log line, never from the launcher's exit status.
 
 Its HTTP master does nothing when a node fails (controllers/master.py: set_status/restart_peer are no-ops),
-so the other nodes' launchers keep waiting on their own workers, which wait in the next collective. Those
-workers end through the collective watchdog (fleet_setup.py, exit code 4) and their node's
-``--max_restarts`` relaunches them like any other failure; see docs/gpu-readiness.md.
+so the other nodes' launchers keep waiting on their own workers. Those workers learn of the failure
+themselves (fleet_setup.PeerMonitor: the failing rank's line and exit code through the job's store, or a
+silent peer given up on after DYNABERT_PEER_TIMEOUT with exit code 5) and end; their node's
+``--max_restarts`` then relaunches them like any other failure, except after a UserError (2) anywhere.
+The last ``error:`` line of the failing rank's log is added to our line, so every node's output says why
+the job ended, in the words of the rank that failed first; see docs/gpu-readiness.md.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from launcher import run_dir, slurm
 from launcher.gpu_probe import gpu_labels_for, wants_gpus
 from launcher.launch_cmd import (
     EXIT_COLLECTIVE_TIMEOUT,
+    EXIT_PEER_LOST,
     LaunchOptions,
     available_cpus,
     build_launch_command,
@@ -172,6 +176,7 @@ class JobResult:
     failed_rank: Optional[int] = None  # local rank (index on this node) Paddle reported as failed
     failed_code: Optional[int] = None
     failed_log: Optional[str] = None
+    failed_message: Optional[str] = None  # the last ``error:`` line of that rank's log, without "error: "
 
     def rank_text(self, opts: LaunchOptions) -> str:
         g = opts.global_rank(self.failed_rank)
@@ -190,17 +195,38 @@ class JobResult:
         return code if 0 < code < 256 else 1
 
     def explain(self, opts: LaunchOptions, why: str = "") -> str:
-        """One line about the failure; ``why``: what the exit code means and why the job was not restarted."""
-        if self.failed_rank is not None and self.failed_code == EXIT_COLLECTIVE_TIMEOUT:
-            return (f"{self.rank_text(opts)} stopped waiting in a collective (exit code {self.failed_code}): a rank"
-                    f" {'on another node ' if opts.nnodes > 1 else ''}has probably died (see {self.log_path(opts)})")
+        """One line about the failure; ``why``: what the exit code means and why the job was not restarted;
+        the failing rank's own one-line error follows when its log has one."""
         if self.failed_rank is not None:
-            why = f"{why}; " if why else ""
-            return f"{self.rank_text(opts)} failed with exit code {self.failed_code} ({why}see {self.log_path(opts)})"
+            said = f": {self.failed_message}" if self.failed_message else ""
+            return self._rank_failure(opts, why) + said
         if opts.nnodes > 1:
             return (f"the job stopped (Paddle launcher exit code {self.returncode}) with no failed rank on this"
                     f" node; a rank on another node may have failed (logs: {opts.log_dir})")
         return f"the Paddle launcher exited with code {self.returncode} before any rank failed (logs: {opts.log_dir})"
+
+    def _rank_failure(self, opts: LaunchOptions, why: str = "") -> str:
+        log = self.log_path(opts)
+        why = f"{why}; " if why else ""
+        if self.failed_code == EXIT_COLLECTIVE_TIMEOUT:
+            return (f"{self.rank_text(opts)} stopped waiting in a collective (exit code {self.failed_code}): a rank"
+                    f" {'on another node ' if opts.nnodes > 1 else ''}has probably died (see {log})")
+        if self.failed_code == EXIT_PEER_LOST:
+            return f"{self.rank_text(opts)} lost a peer rank (exit code {self.failed_code}; see {log})"
+        return f"{self.rank_text(opts)} failed with exit code {self.failed_code} ({why}see {log})"
+
+
+def last_error_line(path: str, tail_bytes: int = 65536) -> Optional[str]:
+    """The text of the last ``error: ...`` line in a worker log (the worker prints its one-line error last),
+    or None if there is none or the log cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    errors = [line[len("error: "):].strip() for line in text.splitlines() if line.startswith("error: ")]
+    return errors[-1] if errors else None
 
 
 def pump_output(stream, out: TextIO, err: TextIO) -> Optional[tuple]:
@@ -239,7 +265,7 @@ def run_job(argv: Sequence[str], env: dict, out: TextIO, err: TextIO) -> JobResu
         proc.stdout.close()
     if failure is None:
         return JobResult(returncode)
-    return JobResult(returncode, *failure)
+    return JobResult(returncode, *failure, failed_message=last_error_line(failure[2]))
 
 
 def stop_job(proc: subprocess.Popen) -> None:

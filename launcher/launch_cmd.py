@@ -59,6 +59,18 @@ COLLECTIVE_TIMEOUT_ENV = "DYNABERT_COLLECTIVE_TIMEOUT"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 EXIT_COLLECTIVE_TIMEOUT = 4
 
+# How long a rank goes on when another rank gives no sign of life (launcher/fleet_setup.py, PeerMonitor): a
+# rank that fails tells the others through the job's store at once; one that dies without a word (SIGKILL,
+# a lost machine) or stops answering is given up on after this many seconds, and the ranks that gave up exit
+# with EXIT_PEER_LOST; a rank whose process group has not formed by then is killed (exit status 137). The
+# default keeps a whole job's end under 2 minutes: 90 s, then at most about 15 s for the other ranks to read
+# the news and leave. 0 disables the time limits (a failure that was posted still ends every rank). Long
+# waits for a peer that is alive (a node building its corpus cache for an hour) are not limited: the peer
+# sends a heartbeat every second meanwhile.
+PEER_TIMEOUT_ENV = "DYNABERT_PEER_TIMEOUT"
+DEFAULT_PEER_TIMEOUT_S = 90.0
+EXIT_PEER_LOST = 5
+
 # Read by the launcher or by init_parallel_env in place of our flags, or set per worker by the launcher:
 # a value inherited from an enclosing job (or a torch habit) would silently win.
 _STALE_KEYS = (
@@ -205,15 +217,24 @@ def resolve_host(opts: LaunchOptions, base_env: Mapping[str, str],
 
 def collective_timeout(env: Mapping[str, str]) -> float:
     """Seconds from ``DYNABERT_COLLECTIVE_TIMEOUT`` (default 1800; 0 = no watchdog)."""
-    text = env.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    return _seconds(env, COLLECTIVE_TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S, "0 disables the watchdog")
+
+
+def peer_timeout(env: Mapping[str, str]) -> float:
+    """Seconds from ``DYNABERT_PEER_TIMEOUT`` (default 90; 0 = no time limit on a silent peer)."""
+    return _seconds(env, PEER_TIMEOUT_ENV, DEFAULT_PEER_TIMEOUT_S, "0 disables the time limit")
+
+
+def _seconds(env: Mapping[str, str], var: str, default: float, zero: str) -> float:
+    text = env.get(var, "").strip()
     if not text:
-        return DEFAULT_COLLECTIVE_TIMEOUT_S
+        return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        raise UserError(f"{COLLECTIVE_TIMEOUT_ENV}={text!r}: expected seconds >= 0 (0 disables the watchdog)")
+        raise UserError(f"{var}={text!r}: expected seconds >= 0 ({zero})")
     return value
 
 
@@ -246,7 +267,10 @@ def build_launch_command(
     ``route_ip``: this machine's address towards the master (multi-node only), found by the caller."""
     if not worker_argv:
         raise ValueError("worker_argv is empty")
-    collective_timeout(base_env)  # a bad value fails here, not in every worker
+    # A bad value fails here, not in every worker. Both reach the workers through the environment they
+    # inherit from the launcher, unchanged: a copy of the default would only add lines to every dry run.
+    collective_timeout(base_env)
+    peer_timeout(base_env)
     argv = [python, "-m", "paddle.distributed.launch", "--nproc_per_node", str(opts.nproc_per_node)]
     if opts.nnodes > 1:
         argv += ["--nnodes", str(opts.nnodes), "--rank", str(opts.node_rank)]

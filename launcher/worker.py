@@ -8,6 +8,7 @@ Plain ``python -m launcher.worker`` runs single-process with no launcher at all.
 import argparse
 import os
 import sys
+import traceback
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     from launcher.config import dump_config, load_config
 
     args = parse_args(argv)
+    comms = None
     try:
         cfg = load_config(args.config, args.set)
         _default_threads()
@@ -50,13 +52,25 @@ def main(argv=None) -> int:
         check_fresh_start(cfg, comms, args.resume, args.overwrite)  # before anything is written
         run(cfg, comms, config_text=dump_config(cfg), resume=args.resume)
         comms.shutdown()
+        return 0
     except UserError as e:
-        # No comms.shutdown() here: its barrier would wait for peers that may still be training (an error
-        # only this rank saw) until the collective watchdog gives up, turning exit 2 into exit 4. The
-        # launcher stops the other ranks when this one exits.
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    return 0
+        code, message, unexpected = e.exit_code, str(e), False
+    except Exception as e:
+        traceback.print_exc()
+        from launcher.fleet_setup import one_line
+
+        code, message, unexpected = 1, one_line(e), True
+    # No comms.shutdown() here: its barrier would wait for peers that may still be training (an error only
+    # this rank saw). Instead the other ranks learn of this one through the job's store (comms.leave: the
+    # same exit code, this line) and end too, on every node, within about a second; this rank's launcher
+    # also stops the others on its node when it exits. An unexpected exception (a gloo error, a store call
+    # that failed) is usually the consequence of a peer's failure: that one is reported if it came first.
+    if comms is not None:
+        code, message = comms.fail(code, message, may_follow_a_peer=unexpected)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if comms is not None:
+        comms.leave()
+    return code
 
 
 if __name__ == "__main__":

@@ -373,6 +373,47 @@ def test_collective_timeout_default_and_override():
     assert collective_timeout({"DYNABERT_COLLECTIVE_TIMEOUT": "0"}) == 0.0
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "inf", "nan"])
+def test_a_bad_peer_timeout_is_refused_before_launching(value):
+    with pytest.raises(UserError, match=r"^DYNABERT_PEER_TIMEOUT='.*': expected seconds >= 0 \(0 disables the time"):
+        build(base_env={**BASE_ENV, "DYNABERT_PEER_TIMEOUT": value})
+
+
+def test_peer_timeout_default_and_override():
+    from launcher.launch_cmd import peer_timeout
+
+    assert peer_timeout({}) == 90.0
+    assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "20"}) == 20.0
+    assert peer_timeout({"DYNABERT_PEER_TIMEOUT": "0"}) == 0.0
+
+
+def test_the_failing_ranks_own_error_line_is_quoted(tmp_path):
+    """What node 0 prints when its rank ended because rank 1 (node 1) failed: the line from its log."""
+    from launcher.cli import JobResult, last_error_line
+
+    log = tmp_path / "workerlog.0"
+    log.write_text("[rank 0] data: 1800 rows\nerror: not this one\nTraceback ...\n"
+                   "error: rank 1 failed: model directory /nonexistent does not exist\nI1207 glog line\n")
+    assert last_error_line(str(log)) == "rank 1 failed: model directory /nonexistent does not exist"
+    assert last_error_line(str(tmp_path / "missing")) is None
+    opts = LaunchOptions(log_dir=str(tmp_path), **{**TWO_NODES, "node_rank": 0})
+    result = JobResult(241, failed_rank=0, failed_code=2, failed_log=str(log), failed_message=last_error_line(str(log)))
+    assert result.explain(opts) == (f"rank 0 (node 0, local rank 0) failed with exit code 2 (see {log}): rank 1 failed:"
+                                    " model directory /nonexistent does not exist")
+    assert result.exit_status() == 2  # not restarted, like the failing rank on its own node
+
+
+def test_a_lost_peer_is_explained():
+    from launcher.cli import JobResult
+
+    opts = LaunchOptions(log_dir="out/logs/node0", **{**TWO_NODES, "node_rank": 0})
+    why = "rank 2 has given no sign of life for 110 s: it has probably died or hung"
+    text = JobResult(241, failed_rank=1, failed_code=5, failed_log="out/logs/node0/workerlog.1",
+                     failed_message=why).explain(opts)
+    assert text == ("rank 1 (node 0, local rank 1) lost a peer rank (exit code 5; see out/logs/node0/workerlog.1): "
+                    + why)
+
+
 # --- device selection -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hidden", ["", " ", "-1"])
