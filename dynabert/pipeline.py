@@ -14,6 +14,7 @@ import os
 import time
 from typing import Optional
 
+from dynabert import faults
 from dynabert.collectives import Collectives
 from dynabert.config import Config
 from dynabert.data import record
@@ -28,7 +29,6 @@ from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
 from dynabert.stages.select import select
-from dynabert.train import faults
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_batch_sizes, check_max_seq_len, check_writable
 from dynabert.train.run_log import RunLog, results_markdown, write_results

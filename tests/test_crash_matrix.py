@@ -4,7 +4,7 @@ ends: the same results.json, the same exported models and final parameters (1e-6
 once, and no temporary file or directory left behind.
 
 One job carries many faults (each addressed by stage and point, each firing once: ``DYNABERT_FAULT``,
-dynabert/train/faults.py), so a few jobs cover the matrix:
+dynabert/faults.py), so a few jobs cover the matrix:
 
 | stage          | mid-stage    | after a checkpoint | epoch boundary | checkpoint write | after the stage |
 |----------------|--------------|--------------------|----------------|------------------|-----------------|
@@ -12,6 +12,7 @@ dynabert/train/faults.py), so a few jobs cover the matrix:
 | compress       | 2 nodes, r1  | 1 node, r0         | 1 node, r1     | 1 node, r0       | 2 nodes, r1     |
 | compress_depth | 1 node, r1   | 2 nodes, r0        | 1 node, r0     | 1 node, r0       |                 |
 | export         | 1 node, r1   |                    |                |                  | 1 node, r0      |
+| select         | 1 node, r0   |                    |                |                  |                 |
 
 (r0/r1: the global rank that dies; on two nodes, rank r lives on node r, so the kill lands on each node
 in turn.) Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact.
@@ -47,6 +48,7 @@ ONE_NODE_FAULTS = [
     dict(rank=0, stage="compress_depth", point="checkpoint_write", step=24),
     dict(rank=1, stage="export", point="model", step=1),            # after the first exported sub-model
     dict(rank=0, stage="export", point="stage_done"),               # between export and select
+    dict(rank=0, stage="select", point="model", step=2),            # mid-select (rank 0 measures alone)
 ]
 TWO_NODE_FAULTS = [
     dict(rank=0, stage="finetune", step=24),    # node 0, right after checkpoint 24

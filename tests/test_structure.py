@@ -45,7 +45,7 @@ def test_nothing_imports_paddleslims_globally_patching_module():
 # The top-level modules are the vocabulary everyone shares; data flows one way: data -> model -> train ->
 # stages, with deploy beside train (it serves exported models and never trains); the pipeline reads like a
 # table of contents and may import anything.
-TOP = {"config", "errors", "io_utils", "machine", "collectives"}
+TOP = {"config", "errors", "io_utils", "machine", "collectives", "faults"}
 MAY_IMPORT = {
     "top": {"top"},
     "data": {"top", "data"},

@@ -5,13 +5,13 @@ import numpy as np
 import paddle
 import pytest
 
+from dynabert import faults
 from dynabert.collectives import SingleProcess
 from dynabert.config import OptimConfig
 from dynabert.data.batching import GlobalBatches
 from dynabert.data.features import Feature
 from dynabert.errors import TrainingDiverged, UserError
 from dynabert.model.pretrained import tiny_bert
-from dynabert.train import faults
 from dynabert.train.loop import LoopSettings, Optimization, SkipPolicy, train
 from dynabert.train.precision import Precision, check_bf16_capability
 from dynabert.train.run_log import RunLog

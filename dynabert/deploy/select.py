@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
+from dynabert import faults
 from dynabert.config import Config
 from dynabert.data import record
 from dynabert.data.record import load_run_data
@@ -119,9 +120,10 @@ def select_run(run_dir: str, *, cfg: Config, options: SelectOptions = SelectOpti
                 seed=options.calibration_seed, pad_token_id=tokenizer.pad_token_id)
         return calibration["batches"]
 
-    for c in candidates:
+    for i, c in enumerate(candidates, start=1):
         cands.prepare(c, artifacts=artifacts, calibration=calibration_set, onnx_int8=options.onnx_int8,
                       calibration_settings=settings, log=log)
+        faults.fire("model", stage="select", rank=0, step=i)  # tests: a kill mid-select (rank 0 selects)
     runners = {c.name: load_runner(c.runtime, c.precision, c.files, threads=threads) for c in candidates}
 
     def scored(split: dict, names) -> MetricCache:

@@ -9,12 +9,12 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import paddle
 
+from dynabert import faults
 from dynabert.collectives import Collectives
 from dynabert.config import Config
 from dynabert.data.task_data import TaskData
 from dynabert.errors import UserError
 from dynabert.model import pretrained
-from dynabert.train import faults
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.loop import LoopSettings
 from dynabert.train.run_log import RunLog

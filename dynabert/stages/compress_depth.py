@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import paddle
 
+from dynabert import faults
 from dynabert.config import Config
 from dynabert.errors import UserError
 from dynabert.model.depth import DepthSupernet, depth_dir_name
@@ -24,7 +25,6 @@ from dynabert.model.supernet import Supernet
 from dynabert.stages.common import StageContext, describe, load_teacher
 from dynabert.stages.export import load_kept, remove_earlier_exports
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
-from dynabert.train import faults
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
 from dynabert.train.loop import LoopHooks, train

@@ -9,6 +9,7 @@ from typing import Callable, Iterable, List
 
 from paddlenlp.transformers import BertConfig
 
+from dynabert import faults
 from dynabert.errors import UserError
 from dynabert.io_utils import remove_path
 from dynabert.model.export import (
@@ -22,7 +23,6 @@ from dynabert.model.export import (
 from dynabert.model.outputs import forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, width_dir
-from dynabert.train import faults
 from dynabert.train.evaluation import metrics_on
 
 

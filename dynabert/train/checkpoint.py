@@ -22,9 +22,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import paddle
 
+from dynabert import faults
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
-from dynabert.train import faults
 
 MANIFEST = "manifest.json"
 _DUE_KEY = "dynabert/checkpoint_due_at_step"

@@ -15,11 +15,11 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import LinearDecayWithWarmup
 
+from dynabert import faults
 from dynabert.collectives import Collectives
 from dynabert.config import OptimConfig
 from dynabert.data.batching import GlobalBatches, to_tensors
 from dynabert.errors import TrainingDiverged
-from dynabert.train import faults
 from dynabert.train.checkpoint import Checkpointer, Position
 from dynabert.train.precision import Precision
 from dynabert.train.run_log import RunLog, progress

@@ -1,5 +1,5 @@
-"""Deterministic fault injection for tests: a chosen rank kills itself with SIGKILL at a chosen point of
-a chosen stage; a chosen checkpoint is written slowly.
+"""Deterministic fault injection for tests (every package may call ``fire``): a chosen rank kills itself with
+SIGKILL at a chosen point of a chosen stage; a chosen checkpoint is written slowly.
 
     DYNABERT_FAULT="rank=1,step=13,once=/tmp/x/fired"
     DYNABERT_FAULT="rank=0,stage=compress,step=12,once=/tmp/x/a;rank=1,stage=export,point=stage_done,once=/tmp/x/b"
@@ -12,7 +12,7 @@ A fault is ``rank=R[,stage=S][,point=P][,step=N][,once=PATH]``; several are sepa
 * ``checkpoint_write``: while rank 0 writes the checkpoint of step N, its files written but not its
   manifest (the write is then incomplete, as a machine that died mid-write leaves it);
 * ``stage_done``: after the stage's completion marker is written, before the next stage starts;
-* ``model``: after the stage (export) wrote its N-th sub-model.
+* ``model``: after the stage wrote its N-th sub-model (export) or prepared its N-th candidate (select).
 
 A fault without ``stage`` fires in whichever stage first reaches it. The rank (global) ends with
 SIGKILL. ``once`` names a marker file created just before dying: while it exists the fault does not fire
