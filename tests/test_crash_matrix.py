@@ -15,7 +15,8 @@ dynabert/faults.py), so a few jobs cover the matrix:
 | select         | 1 node, r0   |                    |                |                  |                 |
 
 (r0/r1: the global rank that dies; on two nodes, rank r lives on node r, so the kill lands on each node
-in turn.) Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact.
+in turn, and the nodes share no filesystem: each has its own run directory, and only rank 0's is written.)
+Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact.
 """
 import json
 import os
@@ -154,4 +155,8 @@ def test_two_node_job_killed_on_each_node_in_turn_ends_as_the_uninterrupted_one(
     _finish(procs, outs)
     assert len(_fired(tmp_path, len(TWO_NODE_FAULTS))) == len(TWO_NODE_FAULTS)
     _assert_same_run(straight, outs[0], select=False)
-    assert not os.path.exists(os.path.join(outs[1], "checkpoints"))  # node 1 resumed from rank 0's
+    assert json.load(open(os.path.join(outs[0], "results.json")))["world_size"] == 2
+    # No shared filesystem: only rank 0 writes; node 1 resumed from rank 0's checkpoints, through the group.
+    for written in ("checkpoints", "teacher", "compress", "compress_depth", "export", "results.json"):
+        assert not os.path.exists(os.path.join(outs[1], written)), written
+    assert os.path.isfile(os.path.join(outs[1], "logs", "node1", "workerlog.0"))

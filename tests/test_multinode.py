@@ -3,14 +3,13 @@ localhost master and separate, node-local ``run.out_dir``s (no shared filesystem
 point, stage completion) and everything another rank needs reaches it through the process group. Kills and
 restarts across nodes: tests/test_crash_matrix.py.
 """
-import json
 import os
 import socket
 import subprocess
 
 import pytest
 
-from tests.jobs import TINY, free_port, job_env, launch, load_params, same_parameters
+from tests.jobs import TINY, free_port, job_env, launch
 
 pytestmark = pytest.mark.dist
 
@@ -38,33 +37,6 @@ def _start_two_nodes(model_dir, tmp_path, name, *extra, restarts=0, env=None, pe
                     node_rank=n, port=port, restarts=restarts,
                     env=job_env(**node_env(n)) if node_env else env) for n in (0, 1)]
     return outs, procs
-
-
-def _supernet(out):
-    return load_params(os.path.join(out, "compress", "supernet.pdparams"))
-
-
-@pytest.fixture(scope="module")
-def one_node(tiny_model_dir, tmp_path_factory):
-    """The whole pipeline on one node with 2 processes: the reference."""
-    out = str(tmp_path_factory.mktemp("one_node"))
-    proc = launch(_config(tiny_model_dir, out))
-    log = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, log[-4000:]
-    return out
-
-
-def test_two_nodes_without_a_shared_filesystem_match_one_node(tiny_model_dir, one_node, tmp_path):
-    (node0, node1), logs = _two_nodes(tiny_model_dir, tmp_path, "two")
-    expected = json.load(open(os.path.join(one_node, "results.json")))
-    got = json.load(open(os.path.join(node0, "results.json")))
-    assert got["world_size"] == expected["world_size"] == 2
-    assert got["widths"] == expected["widths"] and got["teacher"] == expected["teacher"]
-    assert got["compress_best"] == expected["compress_best"]
-    same_parameters(_supernet(one_node), _supernet(node0))
-    # Node 1 wrote no run files: only rank 0 writes, and node 1 never needed to read them.
-    assert not os.path.exists(os.path.join(node1, "teacher")) and not os.path.exists(os.path.join(node1, "compress"))
-    assert os.path.isfile(os.path.join(node1, "logs", "node1", "workerlog.0"))
 
 
 def _free_slurm_job_id() -> int:
@@ -140,12 +112,13 @@ def test_bad_input_on_one_node_ends_both_with_its_error_and_no_restart(tiny_mode
     assert codes == [2, 2], logs
     message = "model directory /nonexistent does not exist"
     other = 1 - failing
+    why = "bad input; not restarted: the next attempt would read the same input"
     assert _last_error(logs[failing]) == (
         f"error: rank {failing} (node {failing}, local rank 0) failed with exit code 2"
-        f" (see {tmp_path}/bad_node{failing}/logs/node{failing}/workerlog.0): {message}")
+        f" ({why}; see {tmp_path}/bad_node{failing}/logs/node{failing}/workerlog.0): {message}")
     assert _last_error(logs[other]) == (
         f"error: rank {other} (node {other}, local rank 0) failed with exit code 2"
-        f" (see {tmp_path}/bad_node{other}/logs/node{other}/workerlog.0): rank {failing} failed: {message}")
+        f" ({why}; see {tmp_path}/bad_node{other}/logs/node{other}/workerlog.0): rank {failing} failed: {message}")
     assert "restart 1/1" not in logs[0] + logs[1]
 
 
@@ -159,10 +132,15 @@ print("error: this worker failed before joining the process group", file=sys.std
 sys.exit(1)
 """
 _KILLED_AFTER_JOINING = """\
-import os, signal
+import os, signal, sys
+from launcher.config import load_config
 from launcher.fleet_setup import init_collectives
+from launcher.run_dir import check_fresh_start
+from launcher.worker import parse_args
 import dynabert.pipeline, paddlenlp
-init_collectives()
+args = parse_args(sys.argv[1:])
+comms = init_collectives()
+check_fresh_start(load_config(args.config, args.set), comms, args.resume, args.overwrite)  # as the worker does
 print("joined; now SIGKILL, without a word to the other ranks", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
