@@ -11,7 +11,7 @@ builds while the others block in the kernel (no polling, no collective). The bui
 directory and renames it into place; the others then verify and open it. A cache is reused when its
 fingerprint matches, else rebuilt with ONE log line saying why. The fingerprint: SHA-256 and size of each
 source file (the task's file, then ``extra_files`` in order), the tokenizer's settings and vocabulary
-(``FastBertTokenizer.settings``), ``max_seq_len``, truncation strategy, ``limit`` (rows kept, counted over all
+(``FastTokenizer.settings``), ``max_seq_len``, truncation strategy, ``limit`` (rows kept, counted over all
 files in order), library versions, FORMAT_VERSION. Each array file's size and SHA-256 are checked at every
 open: a truncated or corrupted file is rebuilt, never read as data.
 
@@ -42,7 +42,7 @@ import numpy as np
 from dynabert.data.features import Feature
 from dynabert.data.readers import read_glue_tsv
 from dynabert.data.tasks import get_task
-from dynabert.data.tokenizer import TRUNCATION, FastBertTokenizer
+from dynabert.data.tokenizer import TRUNCATION, FastTokenizer, fast_tokenizer
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
@@ -65,7 +65,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
     if extra and split != "train":
         raise ValueError(f"extra_files are training files; split is {split!r}")
     files = [os.path.abspath(os.fspath(source))] + extra
-    fast = tokenizer if isinstance(tokenizer, FastBertTokenizer) else FastBertTokenizer(tokenizer)
+    fast = tokenizer if isinstance(tokenizer, FastTokenizer) else fast_tokenizer(tokenizer)
     fingerprint = _fingerprint(spec.name, split, files, fast, max_seq_len, limit)
     try:
         os.makedirs(cache_dir, exist_ok=True)
@@ -204,7 +204,7 @@ def _file_digest(path: str) -> tuple:
     return digest.hexdigest(), size
 
 
-def _fingerprint(task: str, split: str, files, fast: FastBertTokenizer, max_seq_len: int, limit) -> dict:
+def _fingerprint(task: str, split: str, files, fast: FastTokenizer, max_seq_len: int, limit) -> dict:
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len must be at least 3 ([CLS] x [SEP]), got {max_seq_len}")
     sources = []
@@ -338,7 +338,7 @@ def _build(target, spec, split, files, fast, max_seq_len, limit, fingerprint) ->
         build = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                  "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "seconds": round(time.perf_counter() - started, 3),
-                 "routes": routes,  # texts tokenized by each route of FastBertTokenizer
+                 "routes": routes,  # texts tokenized by each route of the FastTokenizer
                  "unsupported_tokenizer": fast.unsupported or None}
         # "sources" says where the rows came from; paths are informational, not part of the fingerprint.
         manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "rows": rows, "tokens": tokens,
