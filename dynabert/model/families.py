@@ -143,7 +143,7 @@ class Family:
         if not self.position_offset:
             return positions, ""
         offset = int(config.get("pad_token_id", 1)) + 1
-        return positions - offset, (f"{positions} positions less {offset}: {self.name} positions start after the "
+        return positions - offset, (f"{positions} positions less {offset}: {self.label} positions start after the "
                                     f"padding index {offset - 1}")
 
     # ---- tokenizers ----------------------------------------------------------------------------
