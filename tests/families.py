@@ -42,15 +42,17 @@ def write_bpe_files(path, texts, vocab_size=400) -> tuple:
 
 
 def tokenizer_for(family: str, path, texts=None):
-    """A PaddleNLP tokenizer of ``family`` whose vocabulary (written into ``path``) covers ``texts``."""
-    from paddlenlp.transformers import BertTokenizer, ErnieTokenizer, RobertaBPETokenizer
+    """A PaddleNLP tokenizer of ``family`` whose vocabulary (written into ``path``) covers ``texts``
+    (``roberta_zh``: PaddleNLP's Chinese RoBERTa's WordPiece tokenizer)."""
+    from paddlenlp.transformers import BertTokenizer, ErnieTokenizer, RobertaBPETokenizer, RobertaChineseTokenizer
 
     texts = builtin_texts() if texts is None else texts
     if family == "roberta":
         vocab, merges = write_bpe_files(path, texts)
         return RobertaBPETokenizer(vocab_file=vocab, merges_file=merges)
     vocab = write_wordpiece_vocab(path, texts)
-    return (ErnieTokenizer if family == "ernie" else BertTokenizer)(vocab_file=vocab, do_lower_case=True)
+    cls = {"ernie": ErnieTokenizer, "roberta_zh": RobertaChineseTokenizer}.get(family, BertTokenizer)
+    return cls(vocab_file=vocab, do_lower_case=True)
 
 
 def save_tiny_family(family: str, root, seed: int = 0) -> str:

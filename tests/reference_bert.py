@@ -6,7 +6,8 @@ the reference's own rounding is negligible:
   embeddings = LayerNorm(word[ids] + position[pos] + token_type[tt] (+ task_type[task_id], ERNIE 3.0))
   pos:        BERT, ERNIE: 0..T-1.  RoBERTa: counted from the padding index p: a token's position is
               p + 1 + the number of non-padding ids up to and including it; a padding id's is p
-              (fairseq's make_positions, Hugging Face's create_position_ids_from_input_ids)
+              (fairseq's make_positions, Hugging Face's create_position_ids_from_input_ids); but 0..T-1 for
+              a Chinese RoBERTa (BERT-style: padding id 0, [CLS] id not 0; defect 13 of docs/upstream-defects.md)
   per layer (post-LN): x = LN(x + out_proj(Attn(x))); x = LN(x + linear2(act(linear1(x))))
   attention:  softmax(Q Kᵀ / sqrt(head_dim) + (1 - mask) * -1e4) V per head (PaddleNLP's additive mask)
   act:        config.hidden_act: gelu (the exact erf form) or relu (ERNIE 1.0)
@@ -97,8 +98,8 @@ def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attentio
         return x @ weight + bias
 
     e = f"{family}.embeddings."
-    if family == "roberta":
-        pad = _cfg(config, "pad_token_id")
+    pad, cls = _cfg_get(config, "pad_token_id", 0), _cfg_get(config, "cls_token_id", 101)
+    if family == "roberta" and not (pad == 0 and cls != 0):
         real = (ids != pad).astype(np.int64)
         positions = np.cumsum(real, axis=1) * real + pad
     else:

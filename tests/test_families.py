@@ -39,12 +39,22 @@ from tests.reference_bert import (
 )
 
 FAMILIES = ("ernie", "roberta")  # BERT: tests/test_models.py, test_supernet.py, test_export.py, ...
+# PaddleNLP's Chinese RoBERTa (hfl/*): WordPiece, padding id 0, [CLS] 101, two token types, BERT's positions
+ROBERTA_ZH = dict(pad_token_id=0, cls_token_id=101, type_vocab_size=2, max_position_embeddings=64)
+VARIANTS = FAMILIES + ("roberta_zh",)
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
+
+
+def tiny(variant, **kwargs):
+    """A tiny model of a family, or of ``roberta_zh``: RoBERTa configured as PaddleNLP's Chinese RoBERTa."""
+    if variant == "roberta_zh":
+        return pretrained.tiny_model("roberta", **{**ROBERTA_ZH, **kwargs})
+    return pretrained.tiny_model(variant, **kwargs)
 
 
 def family_batch(family, seed=1, b=3, t=7, labels=False):
     """random_batch with RoBERTa's conventions: padding positions hold its padding id (1: its positions depend on
-    it) and every token type is 0."""
+    it) and every token type is 0. (``roberta_zh`` pads with 0 and has two token types, as BERT.)"""
     batch = random_batch(seed, b, t, {-1: -2, 1: 3} if b > 2 else {-1: -2}, labels=labels)
     if family == "roberta":
         batch["input_ids"][batch["attention_mask"] == 0] = 1
@@ -64,7 +74,7 @@ def logits_of(model, batch):
 
 def reference(model, batch, family, **kwargs):
     return numpy_bert_forward(model_weights(model), model.config, batch["input_ids"], batch["token_type_ids"],
-                              batch["attention_mask"], family=family, **kwargs)
+                              batch["attention_mask"], family=family.split("_")[0], **kwargs)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -72,9 +82,14 @@ def family(request):
     return request.param
 
 
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def teacher(family):
-    model = pretrained.tiny_model(family, seed=0)
+def teacher(variant):
+    model = tiny(variant, seed=0)
     rng = np.random.RandomState(11)  # a non-trivial order, so "the first heads" are not the original first heads
     reorder_heads_and_neurons(model, rng.random_sample((2, 4)), rng.random_sample((2, 64)))
     return model
@@ -92,9 +107,9 @@ def supernet(teacher):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_forward_matches_numpy_reference_and_the_family_specifics_matter(teacher, family):
-    batch = family_batch(family)
-    expected = reference(teacher, batch, family)
+def test_forward_matches_numpy_reference_and_the_family_specifics_matter(teacher, variant):
+    batch = family_batch(variant)
+    expected = reference(teacher, batch, variant)
     np.testing.assert_allclose(logits_of(teacher, batch), expected["logits"], rtol=0, atol=1e-5)
     states = HiddenStates(teacher)
     logits_of(teacher, batch)
@@ -105,10 +120,14 @@ def test_forward_matches_numpy_reference_and_the_family_specifics_matter(teacher
     for mine, ref in zip(got, expected["hidden_states"]):
         np.testing.assert_allclose(np.where(real, mine.numpy(), 0), np.where(real, ref, 0), rtol=0, atol=1e-5)
     # What makes the family differ is what the test sees: the reference without it is far off.
-    if family == "roberta":  # positions 0..T-1 instead of counted from the padding index
+    if variant == "roberta":  # positions 0..T-1 instead of counted from the padding index
         wrong = numpy_bert_forward({k.replace("roberta.", "bert."): v for k, v in model_weights(teacher).items()},
                                    teacher.config, batch["input_ids"], batch["token_type_ids"],
                                    batch["attention_mask"], family="bert")["hidden_states"][0]
+    elif variant == "roberta_zh":  # counted from the padding index, as PaddleNLP 2.8.1 does (defect 13)
+        config = dict(teacher.config.to_dict(), cls_token_id=0)
+        wrong = numpy_bert_forward(model_weights(teacher), config, batch["input_ids"], batch["token_type_ids"],
+                                   batch["attention_mask"], family="roberta")["hidden_states"][0]
     else:  # no task-type embedding
         config = dict(teacher.config.to_dict(), use_task_id=False)
         wrong = numpy_bert_forward(model_weights(teacher), config, batch["input_ids"], batch["token_type_ids"],
@@ -127,7 +146,8 @@ def test_ernie_task_type_embedding_is_row_task_id():
     assert np.abs(other - logits_of(model, batch)).max() > 1e-3
 
 
-def test_family_adapter_finds_every_part(teacher, family):
+def test_family_adapter_finds_every_part(teacher, variant):
+    family = variant.split("_")[0]
     fam = families.family_of(teacher)
     assert fam.name == family and fam.backbone(teacher) is getattr(teacher, family)
     assert len(fam.blocks(teacher)) == 2 and isinstance(fam.attention(fam.blocks(teacher)[0]),
@@ -190,11 +210,11 @@ def test_reordering_keeps_the_function(family):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_supernet_and_extracted_submodel_match_the_reference_sub_model(supernet, teacher, family, width):
-    batch = family_batch(family)
+def test_supernet_and_extracted_submodel_match_the_reference_sub_model(supernet, teacher, variant, width):
+    batch = family_batch(variant)
     supernet.set_width(width)
     from_supernet = logits_of(supernet, batch)
-    ref = reference(teacher, batch, family, heads_kept=round(width * 4), ffn_kept=int(width * 64))["logits"]
+    ref = reference(teacher, batch, variant, heads_kept=round(width * 4), ffn_kept=int(width * 64))["logits"]
     np.testing.assert_allclose(from_supernet, ref, rtol=0, atol=1e-5)
     sub = extract_submodel(supernet, width)
     assert type(sub) is type(teacher)
@@ -202,14 +222,14 @@ def test_supernet_and_extracted_submodel_match_the_reference_sub_model(supernet,
     assert families.family_of(sub).attention(families.family_of(sub).blocks(sub)[0]).num_heads == round(width * 4)
 
 
-def test_depth_submodel_matches_the_reference(supernet, teacher, family):
-    batch = family_batch(family)
+def test_depth_submodel_matches_the_reference(supernet, teacher, variant):
+    batch = family_batch(variant)
     depth_net = DepthSupernet(supernet, (1.0, 0.5))
     depth_net.set_width(0.5)
     with depth_net.at_depth(0.5):
         from_supernet = logits_of(depth_net, batch)
     kept = kept_layers(2, 0.5)
-    ref = reference(teacher, batch, family, heads_kept=2, ffn_kept=32, layers_kept=kept)["logits"]
+    ref = reference(teacher, batch, variant, heads_kept=2, ffn_kept=32, layers_kept=kept)["logits"]
     np.testing.assert_allclose(from_supernet, ref, rtol=0, atol=1e-5)
     small = extract_submodel_at_depth(supernet, 0.5, 0.5)
     assert len(families.family_of(small).blocks(small)) == len(kept)
@@ -236,10 +256,11 @@ def test_distillation_hooks_see_every_layer_and_train_the_student_only(family):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_export_both_loaders_give_the_supernets_logits(supernet, teacher, family, tmp_path):
+def test_export_both_loaders_give_the_supernets_logits(supernet, teacher, variant, tmp_path):
+    family = variant.split("_")[0]
     supernet.set_width(0.5)
     sub = extract_submodel(supernet, 0.5)
-    tokenizer = tokenizer_for(family, tmp_path / "vocab")
+    tokenizer = tokenizer_for(variant, tmp_path / "vocab")
     out = str(tmp_path / "export")
     meta = save_exported(sub, 0.5, tokenizer, out)
     assert meta["family"] == family and meta["num_heads"] == 2
@@ -250,8 +271,10 @@ def test_export_both_loaders_give_the_supernets_logits(supernet, teacher, family
     predictor = inference_predictor(out)
     assert sorted(predictor.get_input_names()) == ["attention_mask", "input_ids", "token_type_ids"]
     for b, t in ((3, 7), (2, 11)):
-        batch = family_batch(family, seed=b + t, b=b, t=t)
+        batch = family_batch(variant, seed=b + t, b=b, t=t)
         expected = logits_of(supernet, batch)
+        np.testing.assert_allclose(expected, reference(teacher, batch, variant, heads_kept=2, ffn_kept=32)["logits"],
+                                   rtol=0, atol=1e-5)
         np.testing.assert_allclose(logits_of(loaded, batch), expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(run_predictor(predictor, batch), expected, rtol=0, atol=1e-5)
     assert type(pretrained.load_tokenizer(out)) is type(tokenizer)
@@ -286,9 +309,8 @@ def test_builtin_names_are_told_apart_offline():
     assert families.family_of_name("bert-base-uncased") is families.BERT
     assert families.family_of_name("no-such-model") is None
     assert pretrained.max_positions("ernie-3.0-medium-zh")[0] == 2048
-    # PaddleNLP's Chinese RoBERTa pads with id 0, so its positions start at 1: 511 of 512 usable.
-    limit, where = pretrained.max_positions("hfl/rbt3")
-    assert limit == 511 and "512 positions less 1" in where
+    # PaddleNLP's Chinese RoBERTa numbers positions from 0, as BERT (defect 13): all 512 are usable.
+    assert pretrained.max_positions("hfl/rbt3") == (512, "PaddleNLP's hfl/rbt3")
 
 
 def test_roberta_position_limit_is_refused_beyond_the_offset(family_model_dir):

@@ -21,9 +21,12 @@ What differs, and where it matters:
   whatever the config's ``layer_norm_eps`` says (PaddleNLP 2.8.1's ``ErniePretrainedModel._init_weights``).
 * RoBERTa's positions count from the padding index: position of a token = ``pad_token_id`` + 1 + the
   number of non-padding tokens up to it (padding itself gets ``pad_token_id``), so
-  ``max_position_embeddings - pad_token_id - 1`` tokens fit. It has no pooler in its backbone: its
-  classification head pools (``classifier.dense``, tanh, ``classifier.out_proj``). It takes the same three
-  inputs as the others; its tokenizer's token types are all 0.
+  ``max_position_embeddings - pad_token_id - 1`` tokens fit. Except PaddleNLP's Chinese RoBERTa (``hfl/*``:
+  BERT-style checkpoints with a WordPiece vocabulary, padding id 0, ``[CLS]`` 101), numbered 0..T-1 as BERT
+  does, as PaddleNLP did before 2.8.1 (defect 13 of docs/upstream-defects.md, ``zero_based_positions``).
+  RoBERTa has no pooler in its backbone: its classification head pools (``classifier.dense``, tanh,
+  ``classifier.out_proj``). It takes the same three inputs as the others; its tokenizer's token types are
+  all 0 (BPE) or 0 and 1 (Chinese, WordPiece).
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from paddlenlp.transformers import (
 )
 
 from dynabert.errors import UserError
+from dynabert.model import compat
 
 # Hugging Face config.json keys that mean the same thing in PaddleNLP's config classes. Everything else
 # (architectures, use_cache, transformers_version, ...) is left out on purpose: use_cache=True, for one,
@@ -124,7 +128,7 @@ class Family:
         """A classifier of ``config``'s shape. ``heads`` (fewer than ``config.num_attention_heads``) gives the
         exported shape: every attention keeps ``heads`` heads of the original head size (hidden /
         num_attention_heads), a shape no PaddleNLP config expresses."""
-        model = self.classifier_class(config)
+        model = self.finish(self.classifier_class(config))
         if heads is not None and heads != config.num_attention_heads:
             head_dim = config.hidden_size // config.num_attention_heads
             hidden, inner = config.hidden_size, heads * head_dim
@@ -137,10 +141,23 @@ class Family:
                 attn.num_heads = heads  # Paddle's MultiHeadAttention reshapes with it; head_dim stays
         return model
 
+    def finish(self, model):
+        """The per-instance fixes a freshly built or loaded model of this family needs (``compat``)."""
+        if self.position_offset and self.zero_based_positions(model.config.to_dict()):
+            compat.number_positions_from_zero(self.embeddings(model))
+        return model
+
+    def zero_based_positions(self, config: dict) -> bool:
+        """Whether positions count 0..T-1 (BERT, ERNIE; PaddleNLP's Chinese RoBERTa: padding id 0 and a [CLS] id
+        other than 0, PaddleNLP's rule before 2.8.1) rather than from the padding index (RoBERTa)."""
+        if not self.position_offset:
+            return True
+        return int(config.get("pad_token_id", 0)) == 0 and int(config.get("cls_token_id", 101)) != 0
+
     def position_limit(self, config: dict) -> Tuple[int, str]:
         """(the longest input the position table takes, how that follows from the config)."""
         positions = int(config["max_position_embeddings"])
-        if not self.position_offset:
+        if self.zero_based_positions(config):
             return positions, ""
         offset = int(config.get("pad_token_id", 1)) + 1
         return positions - offset, (f"{positions} positions less {offset}: {self.label} positions start after the "
@@ -198,8 +215,9 @@ class Family:
         if self is ROBERTA:
             values.setdefault("pad_token_id", 1)  # HF RobertaConfig's default; PaddleNLP's is 0
             values.setdefault("layer_norm_eps", 1e-12)  # HF's default for configs without it
-            if "bos_token_id" in raw:
-                values["cls_token_id"] = raw["bos_token_id"]
+            # Hugging Face numbers RoBERTa's positions from the padding index whatever the ids are; cls_token_id 0
+            # says so to zero_based_positions (PaddleNLP reads it nowhere else).
+            values["cls_token_id"] = 0
         try:
             config = self.config_class(**values)
         except (TypeError, ValueError) as e:

@@ -231,7 +231,7 @@ def _load_paddle(family: Family, name_or_dir, model_dir, num_classes, dropout, s
             config.num_labels = num_classes
             _apply_dropout(config, dropout)
             with _seeded(seed):
-                return family.classifier_class.from_pretrained(name_or_dir, config=config)
+                return family.finish(family.classifier_class.from_pretrained(name_or_dir, config=config))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         if model_dir is None:
             raise UserError(_not_found_message(name_or_dir, e)) from None
