@@ -325,6 +325,15 @@ def test_roberta_position_limit_is_refused_beyond_the_offset(family_model_dir):
                                "set it to at most 64")
 
 
+def test_a_vocabulary_larger_than_the_embedding_is_named_by_its_file(tmp_path):
+    from dynabert.train.preflight import check_vocabulary
+
+    tokenizer = tokenizer_for("roberta", tmp_path)
+    check_vocabulary(tokenizer, pretrained.tiny_model("roberta", vocab_size=len(tokenizer)), "m")
+    with pytest.raises(UserError, match="m: vocab.json has 400 tokens but the model's embedding has 64 rows"):
+        check_vocabulary(tokenizer, pretrained.tiny_model("roberta", vocab_size=64), "m")
+
+
 @pytest.mark.parametrize("config, needle", [
     ({"model_type": "xlnet"}, "model_type 'xlnet' is not supported (supported model families: bert, ernie, roberta)"),
     ({"architectures": ["AlbertForMaskedLM"]},

@@ -57,7 +57,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
             log=print, name: str = "") -> "CachedSplit":
     """The cache of one split (built if missing or stale), opened. See the module docstring.
 
-    ``tokenizer`` is the PaddleNLP ``BertTokenizer`` whose ids the cache holds (``models.load_tokenizer``);
+    ``tokenizer`` is the PaddleNLP tokenizer whose ids the cache holds (``model.pretrained.load_tokenizer``);
     ``extra_files`` (train only) are paths or globs in the task's train TSV format, appended in order.
     ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart)."""
     spec = get_task(task)
