@@ -146,6 +146,15 @@ def test_ernie_task_type_embedding_is_row_task_id():
     assert np.abs(other - logits_of(model, batch)).max() > 1e-3
 
 
+def test_ernie_layer_norms_use_1e_12_whatever_the_config_says():
+    """What README says: PaddleNLP 2.8.1's ErniePretrainedModel sets every LayerNorm's epsilon to 1e-12 and
+    ignores config.layer_norm_eps (BERT and RoBERTa read it). If this fails, PaddleNLP reads it now."""
+    model = pretrained.tiny_model("ernie", layer_norm_eps=1e-5)
+    assert {m._epsilon for m in model.sublayers() if isinstance(m, paddle.nn.LayerNorm)} == {1e-12}
+    roberta = pretrained.tiny_model("roberta", layer_norm_eps=1e-3)
+    assert {m._epsilon for m in roberta.sublayers() if isinstance(m, paddle.nn.LayerNorm)} == {1e-3}
+
+
 def test_family_adapter_finds_every_part(teacher, variant):
     family = variant.split("_")[0]
     fam = families.family_of(teacher)
@@ -311,6 +320,33 @@ def test_builtin_names_are_told_apart_offline():
     assert pretrained.max_positions("ernie-3.0-medium-zh")[0] == 2048
     # PaddleNLP's Chinese RoBERTa numbers positions from 0, as BERT (defect 13): all 512 are usable.
     assert pretrained.max_positions("hfl/rbt3") == (512, "PaddleNLP's hfl/rbt3")
+
+
+@pytest.mark.parametrize("name, family", [("ernie-3.0-medium-zh", "ernie"), ("hfl/rbt3", "roberta")])
+def test_a_paddlenlp_name_loads_through_its_family(monkeypatch, name, family):
+    """A model name goes to its family's PaddleNLP classes (the download itself needs network: PaddleNLP's
+    from_pretrained is replaced here by a tiny model of the name's configuration) and gets the family's
+    per-instance fixes: hfl/rbt3 numbers its positions from 0 (defect 13)."""
+    fam = families.get(family)
+    builtin = dict(fam.classifier_class.pretrained_init_configuration[name], hidden_size=16, num_attention_heads=4,
+                   intermediate_size=32, num_hidden_layers=1, vocab_size=100)
+    asked = []
+
+    def config_from_pretrained(cls, source, *args, **kwargs):
+        asked.append(("config", cls.__name__, source))
+        return fam.config_class(**builtin)
+
+    def model_from_pretrained(cls, source, *args, config=None, **kwargs):
+        asked.append(("model", cls.__name__, source))
+        return cls(config)
+
+    monkeypatch.setattr(fam.config_class, "from_pretrained", classmethod(config_from_pretrained))
+    monkeypatch.setattr(fam.classifier_class, "from_pretrained", classmethod(model_from_pretrained))
+    model = pretrained.load_model(name, num_classes=3)
+    assert asked == [("config", fam.config_class.__name__, name), ("model", fam.classifier_class.__name__, name)]
+    assert type(model) is fam.classifier_class and model.config.num_labels == 3 and not model.training
+    if family == "roberta":
+        assert type(fam.embeddings(model)).__name__ == "_ZeroBasedPositionEmbeddings"
 
 
 def test_roberta_position_limit_is_refused_beyond_the_offset(family_model_dir):
