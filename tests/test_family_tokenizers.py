@@ -93,9 +93,10 @@ def test_each_family_gets_its_mirror_and_layout(ernie_en, roberta):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("split", ["dev", pytest.param("train", marks=pytest.mark.slow)])
-def test_ernie_every_sst2_row_matches_paddlenlp(glue_dir, ernie_en, split):
-    examples = read_glue_tsv(os.path.join(glue_dir, "SST-2", f"{split}.tsv"), "sst-2", split)
+def test_ernie_every_sst2_dev_row_matches_paddlenlp(glue_dir, ernie_en):
+    # (The train split runs with BERT's tokenizer in test_fast_tokenizer.py: the same WordPiece pipeline on the
+    # same vocabulary; ERNIE differs in its class only.)
+    examples = read_glue_tsv(os.path.join(glue_dir, "SST-2", "dev.tsv"), "sst-2", "dev")
     fast = fast_tokenizer(ernie_en)
     assert_same(examples, fast, ernie_en, 128)
     assert fast.route_counts["ascii"] > 0 and fast.route_counts["rust"] > 0
