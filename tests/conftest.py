@@ -65,6 +65,22 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """``family_model_dir(family)``: a directory with a tiny random model of ``family`` ("bert", "ernie",
+    "roberta") and its tokenizer covering the built-in data (tests/families.py), made once per session."""
+    from tests.families import save_tiny_family
+
+    made = {}
+
+    def get(family):
+        if family not in made:
+            made[family] = save_tiny_family(family, str(tmp_path_factory.mktemp(f"tiny_{family}")))
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def glue_dir():
     """$GLUE_DIR with SST-2 in it. Skips the test without it, except in CI (CI=true), where the data is
     always beside the clone and a silent skip would hide a broken set-up."""

@@ -1,18 +1,28 @@
-"""An independent NumPy reference of the BERT forward, shared by the tests.
+"""An independent NumPy reference of the BERT, ERNIE and RoBERTa forward, shared by the tests.
 
 Written from the Hugging Face / PaddleNLP definitions, not from the code under test, all in float64 so
 the reference's own rounding is negligible:
 
-  embeddings = LayerNorm(word[ids] + position[0..T) + token_type[tt])
-  per layer (post-LN): x = LN(x + out_proj(Attn(x))); x = LN(x + linear2(gelu(linear1(x))))
+  embeddings = LayerNorm(word[ids] + position[pos] + token_type[tt] (+ task_type[task_id], ERNIE 3.0))
+  pos:        BERT, ERNIE: 0..T-1.  RoBERTa: counted from the padding index p: a token's position is
+              p + 1 + the number of non-padding ids up to and including it; a padding id's is p
+              (fairseq's make_positions, Hugging Face's create_position_ids_from_input_ids); but 0..T-1 for
+              a Chinese RoBERTa (BERT-style: padding id 0, [CLS] id not 0; defect 13 of docs/upstream-defects.md)
+  per layer (post-LN): x = LN(x + out_proj(Attn(x))); x = LN(x + linear2(act(linear1(x))))
   attention:  softmax(Q Kᵀ / sqrt(head_dim) + (1 - mask) * -1e4) V per head (PaddleNLP's additive mask)
-  gelu:       the exact erf form
-  pooler:     tanh(dense(h[CLS])); logits = classifier(pooled)
+  act:        config.hidden_act: gelu (the exact erf form) or relu (ERNIE 1.0)
+  head:       BERT, ERNIE: pooled = tanh(pooler.dense(h[CLS])); logits = classifier(pooled)
+              RoBERTa: pooled = tanh(classifier.dense(h[<s>])); logits = classifier.out_proj(pooled)
 
-Weights are given in *Paddle* names and layout (``bert.encoder.layers.0.self_attn.q_proj.weight``, Linear
-weights stored [in, out], so y = x W + b). ``numpy_bert`` is a thin wrapper taking Hugging Face names
-(Linear weights [out, in]) with a name table written out here by hand, so a conversion mistake in the
-code under test cannot cancel out on both sides.
+Weights are given in *Paddle* names and layout (``bert.encoder.layers.0.self_attn.q_proj.weight``, the
+prefix being the family's: ``ernie.``, ``roberta.``; Linear weights stored [in, out], so y = x W + b).
+``numpy_bert`` is a thin wrapper taking Hugging Face names (Linear weights [out, in]) with a name table
+written out here by hand, so a conversion mistake in the code under test cannot cancel out on both sides;
+``hf_to_paddle_weights(..., family="roberta")`` reads a Hugging Face RoBERTa checkpoint the same way.
+
+The word embedding is a plain row lookup, as in Hugging Face. (Paddle's ``Embedding(padding_idx=p)``,
+which ERNIE and RoBERTa use, outputs zeros for id p instead of the row: real checkpoints keep that row at
+zero, and padding is masked anyway; tests feed the padding id only at masked positions.)
 
 ``layers_kept`` (a list of block indices) runs only those blocks, in that order, and ``hidden_states`` then
 holds the embedding output and those blocks' outputs (a depth sub-model).
@@ -46,11 +56,19 @@ def softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _cfg_get(config, key, default):
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
 def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attention_mask=None,
-                       heads_kept=None, ffn_kept=None, head_mask=None, layers_kept=None):
+                       heads_kept=None, ffn_kept=None, head_mask=None, layers_kept=None, family="bert"):
     """Returns a dict: ``hidden_states`` (embedding output and every block's output, each [B, T, H]),
-    ``sequence`` [B, T, H], ``pooled`` [B, H] and, when the weights hold a classifier, ``logits`` [B, C]."""
+    ``sequence`` [B, T, H], ``pooled`` [B, H] (when the weights hold a pooler) and, when they hold a
+    classifier, ``logits`` [B, C]. ``family``: "bert", "ernie" or "roberta" (see the module docstring)."""
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    act = {"gelu": gelu, "relu": lambda y: np.maximum(y, 0.0)}[_cfg_get(config, "hidden_act", "gelu")]
     hidden, heads = _cfg(config, "hidden_size"), _cfg(config, "num_attention_heads")
     layers, eps = _cfg(config, "num_hidden_layers"), _cfg(config, "layer_norm_eps")
     head_dim = hidden // heads
@@ -79,13 +97,22 @@ def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attentio
             weight = weight[:rows, :]
         return x @ weight + bias
 
-    x = (w["bert.embeddings.word_embeddings.weight"][ids]
-         + w["bert.embeddings.position_embeddings.weight"][np.arange(t)][None]
-         + w["bert.embeddings.token_type_embeddings.weight"][tt])
-    x = layer_norm(x, "bert.embeddings.layer_norm")
+    e = f"{family}.embeddings."
+    pad, cls = _cfg_get(config, "pad_token_id", 0), _cfg_get(config, "cls_token_id", 101)
+    if family == "roberta" and not (pad == 0 and cls != 0):
+        real = (ids != pad).astype(np.int64)
+        positions = np.cumsum(real, axis=1) * real + pad
+    else:
+        positions = np.broadcast_to(np.arange(t), (b, t))
+    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][positions]
+    if e + "token_type_embeddings.weight" in w:  # ERNIE with type_vocab_size 0 has none
+        x = x + w[e + "token_type_embeddings.weight"][tt]
+    if family == "ernie" and _cfg_get(config, "use_task_id", False):
+        x = x + w[e + "task_type_embeddings.weight"][_cfg_get(config, "task_id", 0)]
+    x = layer_norm(x, e + "layer_norm")
     states = [x]
     for i in (range(layers) if layers_kept is None else layers_kept):
-        p = f"bert.encoder.layers.{i}."
+        p = f"{family}.encoder.layers.{i}."
 
         def split(y):
             return y.reshape(b, t, hk, head_dim).transpose(0, 2, 1, 3)  # [B, heads, T, head_dim]
@@ -98,21 +125,28 @@ def numpy_bert_forward(weights, config, input_ids, token_type_ids=None, attentio
             probs = probs * hm[i, :hk][None, :, None, None]
         context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, inner)
         x = layer_norm(linear(context, p + "self_attn.out_proj", rows=inner) + x, p + "norm1")
-        act = gelu(linear(x, p + "linear1", cols=ffn_kept))
-        x = layer_norm(linear(act, p + "linear2", rows=ffn_kept) + x, p + "norm2")
+        inner_act = act(linear(x, p + "linear1", cols=ffn_kept))
+        x = layer_norm(linear(inner_act, p + "linear2", rows=ffn_kept) + x, p + "norm2")
         states.append(x)
-    pooled = np.tanh(linear(x[:, 0], "bert.pooler.dense"))
-    out = {"hidden_states": states, "sequence": x, "pooled": pooled}
+    out = {"hidden_states": states, "sequence": x}
+    if family == "roberta":
+        if "classifier.dense.weight" in w:
+            out["pooled"] = np.tanh(linear(x[:, 0], "classifier.dense"))
+            out["logits"] = linear(out["pooled"], "classifier.out_proj")
+        return out
+    if f"{family}.pooler.dense.weight" not in w:  # the weights of a backbone without its pooler
+        return out
+    out["pooled"] = np.tanh(linear(x[:, 0], f"{family}.pooler.dense"))
     if "classifier.weight" in w:
-        out["logits"] = linear(pooled, "classifier")
+        out["logits"] = linear(out["pooled"], "classifier")
     return out
 
 
 def numpy_bert_logits(weights, config, input_ids, token_type_ids=None, attention_mask=None,
-                      heads_kept=None, ffn_kept=None, head_mask=None):
-    """BertForSequenceClassification logits [B, C] in float64 (see the module docstring)."""
+                      heads_kept=None, ffn_kept=None, head_mask=None, family="bert"):
+    """*ForSequenceClassification logits [B, C] in float64 (see the module docstring)."""
     return numpy_bert_forward(weights, config, input_ids, token_type_ids, attention_mask,
-                              heads_kept=heads_kept, ffn_kept=ffn_kept, head_mask=head_mask)["logits"]
+                              heads_kept=heads_kept, ffn_kept=ffn_kept, head_mask=head_mask, family=family)["logits"]
 
 
 def cross_entropy(logits, labels):
@@ -149,14 +183,14 @@ def random_batch(seed=1, b=3, t=7, padded_rows=None, vocab=64, labels=True):
         out["labels"] = rng.randint(0, 2, size=b).astype(np.int64)
     return out
 
-# Hugging Face BertModel name -> Paddle BertForSequenceClassification name, and whether it is a Linear
-# weight ([out, in] in HF, [in, out] in Paddle).
+# Hugging Face BertModel / RobertaModel name -> Paddle *ForSequenceClassification name (after the family's
+# prefix), and whether it is a Linear weight ([out, in] in HF, [in, out] in Paddle).
 _HF_EMBEDDINGS = {
-    "embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
-    "embeddings.position_embeddings.weight": "bert.embeddings.position_embeddings.weight",
-    "embeddings.token_type_embeddings.weight": "bert.embeddings.token_type_embeddings.weight",
-    "embeddings.LayerNorm.weight": "bert.embeddings.layer_norm.weight",
-    "embeddings.LayerNorm.bias": "bert.embeddings.layer_norm.bias",
+    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight": "embeddings.layer_norm.weight",
+    "embeddings.LayerNorm.bias": "embeddings.layer_norm.bias",
 }
 _HF_LAYER = {
     "attention.self.query": ("self_attn.q_proj", True),
@@ -170,16 +204,19 @@ _HF_LAYER = {
 }
 
 
-def hf_to_paddle_weights(hf_weights, config):
-    out = {dst: np.asarray(hf_weights[src], dtype=np.float64) for src, dst in _HF_EMBEDDINGS.items()}
+def hf_to_paddle_weights(hf_weights, config, family="bert"):
+    """A Hugging Face checkpoint's backbone (bare names, no ``bert.``/``roberta.`` prefix) in Paddle names and
+    layout; BERT's pooler too (RoBERTa's classifier pools: its backbone has none)."""
+    out = {f"{family}.{dst}": np.asarray(hf_weights[src], dtype=np.float64) for src, dst in _HF_EMBEDDINGS.items()}
     for i in range(_cfg(config, "num_hidden_layers")):
         for src, (dst, is_linear) in _HF_LAYER.items():
             weight = np.asarray(hf_weights[f"encoder.layer.{i}.{src}.weight"], dtype=np.float64)
-            out[f"bert.encoder.layers.{i}.{dst}.weight"] = weight.T if is_linear else weight
-            out[f"bert.encoder.layers.{i}.{dst}.bias"] = np.asarray(hf_weights[f"encoder.layer.{i}.{src}.bias"],
-                                                                   dtype=np.float64)
-    out["bert.pooler.dense.weight"] = np.asarray(hf_weights["pooler.dense.weight"], dtype=np.float64).T
-    out["bert.pooler.dense.bias"] = np.asarray(hf_weights["pooler.dense.bias"], dtype=np.float64)
+            out[f"{family}.encoder.layers.{i}.{dst}.weight"] = weight.T if is_linear else weight
+            out[f"{family}.encoder.layers.{i}.{dst}.bias"] = np.asarray(hf_weights[f"encoder.layer.{i}.{src}.bias"],
+                                                                       dtype=np.float64)
+    if family == "bert":
+        out["bert.pooler.dense.weight"] = np.asarray(hf_weights["pooler.dense.weight"], dtype=np.float64).T
+        out["bert.pooler.dense.bias"] = np.asarray(hf_weights["pooler.dense.bias"], dtype=np.float64)
     return out
 
 

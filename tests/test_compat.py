@@ -434,3 +434,69 @@ def test_gloo_process_group_rendezvous_is_not_namespaced_by_group(tmp_path):
         assert report["groups"] == [[0, 1]]  # the workaround: one gloo group
         assert report["prefixed"] == [True, True]  # the communication context's keys, per group
         assert report["unprefixed"] == [True, True]  # the defect: the process group's own, shared
+
+
+# --------------------------------------------------------------------------------------------------
+# defect 13: PaddleNLP 2.8.1 numbers a Chinese RoBERTa's positions from 1
+# --------------------------------------------------------------------------------------------------
+
+
+def _tiny_roberta_config(**kwargs):
+    from paddlenlp.transformers import RobertaConfig
+
+    # PaddleNLP's RobertaConfig defaults: padding id 0, [CLS] 101, as its Chinese RoBERTa (hfl/*) configs
+    config = RobertaConfig(vocab_size=120, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=32, max_position_embeddings=8, type_vocab_size=2, **kwargs)
+    config.num_labels = 2
+    return config
+
+
+def _positions_used(model, ids):
+    """The position ids the model's position embedding is looked up with, for one [CLS] ... [SEP] row."""
+    from dynabert.model.families import family_of
+
+    seen = []
+    table = family_of(model).embeddings(model).position_embeddings
+    hook = table.register_forward_pre_hook(lambda layer, inputs: seen.append(inputs[0].numpy().tolist()))
+    try:
+        model.eval()
+        with paddle.no_grad():
+            t = paddle.to_tensor([ids])
+            model(t, token_type_ids=paddle.zeros_like(t), attention_mask=paddle.ones(t.shape))
+    finally:
+        hook.remove()
+    return seen[0][0]
+
+
+def test_upstream_chinese_roberta_positions_still_start_at_one():
+    """PaddleNLP 2.8.1 numbers every RoBERTa's positions from the padding index + 1; for its Chinese RoBERTa
+    (padding id 0) that is 1..T, where earlier PaddleNLP (and the BERT-style checkpoints) used 0..T-1, and a
+    full-length input indexes past the table. If this starts to fail, upstream is fixed and
+    compat.number_positions_from_zero can go."""
+    from paddlenlp.transformers import RobertaForSequenceClassification
+
+    model = RobertaForSequenceClassification(_tiny_roberta_config())
+    assert _positions_used(model, [101, 7, 9, 102]) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="expected >= 0 and < 8, but got 8"):  # 8 tokens, 8 rows: no row 8
+        _positions_used(model, [101] + [7] * 6 + [102])
+
+
+def test_number_positions_from_zero_is_per_instance_and_only_for_chinese_roberta():
+    from paddlenlp.transformers import RobertaForSequenceClassification
+
+    from dynabert.model import families
+
+    fixed = families.ROBERTA.build(_tiny_roberta_config())
+    assert _positions_used(fixed, [101, 7, 9, 102]) == [0, 1, 2, 3]
+    assert _positions_used(fixed, [101] + [7] * 6 + [102]) == list(range(8))  # the whole table is usable
+    # the class is untouched: a fresh PaddleNLP instance still numbers from 1
+    assert _positions_used(RobertaForSequenceClassification(_tiny_roberta_config()), [101, 7, 102]) == [1, 2, 3]
+    # a fairseq-style RoBERTa (padding id 1, <s> 0: Hugging Face's) keeps its positions from the padding index
+    roberta = families.ROBERTA.build(_tiny_roberta_config(pad_token_id=1, cls_token_id=0))
+    assert type(roberta.roberta.embeddings).__name__ == "RobertaEmbeddings"
+    assert _positions_used(roberta, [0, 7, 9, 2, 1]) == [2, 3, 4, 5, 1]
+    # loading, the supernet and export keep the fix (the supernet's copy is built through the family)
+    sn = Supernet(fixed, (1.0, 0.5))
+    assert _positions_used(sn.model, [101, 7, 102]) == [0, 1, 2]
+    assert families.ROBERTA.zero_based_positions(fixed.config.to_dict())
+    assert not families.ROBERTA.zero_based_positions(roberta.config.to_dict())

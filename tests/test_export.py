@@ -124,7 +124,7 @@ def exported(supernet, tokenizer, tmp_path_factory):
 def test_save_and_load_exported_round_trip(exported, teacher):
     sub, out, meta = exported
     assert meta == {"width": 0.5, "num_heads": 2, "parameters": expected_parameters(teacher.config, 0.5),
-                    "encoder_parameters": expected_encoder_parameters(teacher.config, 0.5)}
+                    "encoder_parameters": expected_encoder_parameters(teacher.config, 0.5), "family": "bert"}
     with open(os.path.join(out, export.EXPORT_META)) as f:
         assert json.load(f) == meta
     assert {"model_state.pdparams", "vocab.txt", export.EXPORT_META} <= set(os.listdir(out))

@@ -139,3 +139,24 @@ def test_no_file_holds_merge_conflict_markers():
                     if markers.search(f.read()):
                         offenders.append(os.path.relpath(path, ROOT))
     assert offenders == []
+
+
+def test_only_the_family_adapters_name_a_model_family():
+    """What differs between BERT, ERNIE and RoBERTa lives in dynabert/model/families.py: no other module
+    of the library reaches into a classifier's backbone by its family's attribute (``model.bert``) or names a
+    family's PaddleNLP model, config or tokenizer class."""
+    import ast
+
+    family_class = re.compile(r"^(Bert|Ernie|Roberta)\w*(Config|Model|ForSequenceClassification|Tokenizer)$")
+    offenders = []
+    for path, text in _sources("dynabert"):
+        if path == os.path.join("dynabert", "model", "families.py"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr in ("bert", "ernie", "roberta"):
+                offenders.append(f"{path}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.alias) and family_class.match(node.name.split(".")[-1]):
+                offenders.append(f"{path} imports {node.name}")
+            elif isinstance(node, ast.Name) and family_class.match(node.id):
+                offenders.append(f"{path}:{node.lineno} {node.id}")
+    assert offenders == []

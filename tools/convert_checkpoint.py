@@ -1,5 +1,6 @@
-"""Convert a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt)
-into a PaddleNLP ``save_pretrained`` directory, without torch and without writing into the source.
+"""Convert a Hugging Face BERT or RoBERTa directory (config.json, model.safetensors or pytorch_model.bin,
+vocab.txt or vocab.json + merges.txt) into a PaddleNLP ``save_pretrained`` directory, without torch and
+without writing into the source.
 
     python -m tools.convert_checkpoint HF_DIR OUT_DIR [--num_classes 2]
 
@@ -14,7 +15,7 @@ from dynabert.errors import UserError
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools.convert_checkpoint", description=__doc__.splitlines()[0])
-    p.add_argument("source", help="Hugging Face BERT directory, or 'minilm' for the embedded default")
+    p.add_argument("source", help="Hugging Face BERT or RoBERTa directory, or 'minilm' for the embedded default")
     p.add_argument("out_dir", help="where to write the PaddleNLP directory (replaced atomically)")
     p.add_argument("--num_classes", type=int, default=2, help="classifier outputs (newly initialised)")
     args = p.parse_args(argv)

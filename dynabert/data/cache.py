@@ -11,7 +11,7 @@ builds while the others block in the kernel (no polling, no collective). The bui
 directory and renames it into place; the others then check and open it. A cache is reused when its
 fingerprint matches, else rebuilt with ONE log line saying why. The fingerprint: each source file's name, size
 and modification time (the task's file, then ``extra_files`` in order), the tokenizer's settings and vocabulary
-(``FastBertTokenizer.settings``), ``max_seq_len``, truncation strategy, ``limit`` (rows kept, counted over all
+(``FastTokenizer.settings``), ``max_seq_len``, truncation strategy, ``limit`` (rows kept, counted over all
 files in order), library versions, FORMAT_VERSION.
 
 Opening a warm cache costs the same whatever the corpus size: it stats the source files, reads
@@ -59,7 +59,7 @@ import numpy as np
 from dynabert.data.features import Feature
 from dynabert.data.readers import read_examples
 from dynabert.data.tasks import get_task
-from dynabert.data.tokenizer import TRUNCATION, FastBertTokenizer
+from dynabert.data.tokenizer import TRUNCATION, FastTokenizer, fast_tokenizer
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
 
@@ -74,7 +74,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
             log=print, name: str = "", verify: bool = False) -> "CachedSplit":
     """The cache of one split (built if missing or stale), opened. See the module docstring.
 
-    ``tokenizer`` is the PaddleNLP ``BertTokenizer`` whose ids the cache holds (``models.load_tokenizer``);
+    ``tokenizer`` is the PaddleNLP tokenizer whose ids the cache holds (``model.pretrained.load_tokenizer``);
     ``extra_files`` (train only) are paths or globs in the format of the task's training file, appended in
     order. Files are read with the task's reader (``readers.read_examples``: GLUE's TSV or custom data's).
     ``name``: the cache's directory name (default ``<task>.<split>``; an augmented corpus is cached apart).
@@ -85,7 +85,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
     if extra and split != "train":
         raise ValueError(f"extra_files are training files; split is {split!r}")
     files = [os.path.abspath(os.fspath(source))] + extra
-    fast = tokenizer if isinstance(tokenizer, FastBertTokenizer) else FastBertTokenizer(tokenizer)
+    fast = tokenizer if isinstance(tokenizer, FastTokenizer) else fast_tokenizer(tokenizer)
     # A GLUE task's name; custom data's columns, labels and format too (the same bytes may read differently).
     fingerprint = _fingerprint(spec.identity(), split, files, fast, max_seq_len, limit)
     try:
@@ -249,7 +249,7 @@ def _source_stat(path: str) -> dict:
     return {"name": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _fingerprint(task: str, split: str, files, fast: FastBertTokenizer, max_seq_len: int, limit) -> dict:
+def _fingerprint(task: str, split: str, files, fast: FastTokenizer, max_seq_len: int, limit) -> dict:
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len must be at least 3 ([CLS] x [SEP]), got {max_seq_len}")
     sources = [_source_stat(path) for path in files]  # no content read: the builder adds the SHA-256
@@ -457,7 +457,7 @@ def _build(target, spec, split, files, fast, max_seq_len, limit, fingerprint) ->
         build = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                  "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "seconds": round(time.perf_counter() - started, 3),
-                 "routes": routes,  # texts tokenized by each route of FastBertTokenizer
+                 "routes": routes,  # texts tokenized by each route of the FastTokenizer
                  "unsupported_tokenizer": fast.unsupported or None}
         # "sources" says where the rows came from; paths are informational, not part of the fingerprint.
         manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "rows": rows, "tokens": tokens,

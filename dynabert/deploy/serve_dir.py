@@ -3,7 +3,7 @@
     <dir>/card.json                 what it is and how it measured (see ``card``)
     <dir>/model.pdmodel, .pdiparams Paddle Inference runtimes (fp32: the exported program; int8: PaddleSlim's)
     <dir>/model.onnx                the onnxruntime runtime (fp32 or int8)
-    <dir>/vocab.txt, tokenizer_config.json, special_tokens_map.json
+    <dir>/vocab.txt (or vocab.json + merges.txt: RoBERTa's BPE), tokenizer_config.json, special_tokens_map.json
 
 ``load_served(path)`` also accepts a plain export directory (``<run>/export/width_W``): its Paddle inference
 model in fp32.
@@ -24,7 +24,7 @@ from dynabert.model.pretrained import max_positions
 
 CARD = "card.json"
 CARD_FORMAT = "dynabert-served-model/1"
-TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_MAX_SEQ_LEN = 128  # a plain export does not record the run's data.max_seq_len
 SERVED_NAMES = {"model": "model.pdmodel", "params": "model.pdiparams", "onnx": "model.onnx"}
 

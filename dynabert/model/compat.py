@@ -23,9 +23,16 @@ if the workaround stops working.
    flow through them (dynabert/model/importance.py freezes other weights to save time, not these).
 12. (found here) Every gloo process group after the first rendezvouses on the first one's store keys.
    -> launcher/fleet_setup.py creates the global group alone on gloo (dynabert/ never creates groups).
+13. (found here, read in the source) PaddleNLP 2.8.1 numbers every RoBERTa's positions from the padding index
+   + 1, also PaddleNLP's Chinese RoBERTa (hfl/*: BERT-style checkpoints, WordPiece, padding id 0, [CLS] 101),
+   which earlier PaddleNLP numbered from 0 as BERT does: each position is shifted by one, and a
+   512-token input runs past the 512-row position table.
+   -> ``number_positions_from_zero`` gives those models' embeddings instance a forward that numbers
+   positions 0..T-1 (which models: ``dynabert.model.families.Family.zero_based_positions``).
 """
 import paddle
 import paddle.nn.functional as F
+from paddlenlp.transformers.roberta.modeling import RobertaEmbeddings
 from paddleslim.nas.ofa.layers import SuperLayerNorm
 
 # PaddleNLP itself replaces TransformerEncoder(Layer).forward when paddlenlp.transformers is imported
@@ -75,6 +82,32 @@ def fix_super_layer_norms(model: paddle.nn.Layer) -> int:
             layer.__class__ = _FixedSuperLayerNorm
             count += 1
     return count
+
+
+class _ZeroBasedPositionEmbeddings(RobertaEmbeddings):
+    """RoBERTa embeddings whose positions count 0..T-1, as BERT's and earlier PaddleNLP's Chinese RoBERTa's did
+    (defect 13). Everything else is RobertaEmbeddings.forward; explicit position_ids still win."""
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                past_key_values_length=None):
+        if position_ids is None and input_ids is not None:
+            ones = paddle.ones_like(input_ids, dtype="int64")
+            position_ids = paddle.cumsum(ones, axis=-1) - ones
+            if past_key_values_length:
+                position_ids = position_ids + past_key_values_length
+            position_ids.stop_gradient = True
+        # Named, not super(): Paddle's dy2static (jit.save of an export) rewrites this method and loses super's cell.
+        return RobertaEmbeddings.forward(self, input_ids=input_ids, token_type_ids=token_type_ids,
+                                         position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                         past_key_values_length=past_key_values_length)
+
+
+def number_positions_from_zero(embeddings: paddle.nn.Layer) -> None:
+    """Give this RobertaEmbeddings instance BERT's positions 0..T-1 (defect 13); the class is untouched."""
+    if type(embeddings) is RobertaEmbeddings:
+        embeddings.__class__ = _ZeroBasedPositionEmbeddings
+    elif not isinstance(embeddings, _ZeroBasedPositionEmbeddings):
+        raise TypeError(f"expected RobertaEmbeddings, got {type(embeddings).__name__}")
 
 
 def attention_layers(model: paddle.nn.Layer) -> list:

@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Optional
 import paddle
 
 from dynabert.errors import UserError
+from dynabert.model.families import family_of
 from dynabert.model.supernet import Supernet
 
 
@@ -67,7 +68,7 @@ class DepthSupernet:
         self.model, self.shape, self.widths = supernet.model, supernet.shape, supernet.widths
         self.depths = tuple(sorted(set(depths), reverse=True))
         check_depths(self.shape["layers"], self.depths)
-        self._encoder = supernet.model.bert.encoder
+        self._encoder = family_of(supernet.model).encoder(supernet.model)
         self._all_layers = self._encoder.layers
         self._views = {d: paddle.nn.LayerList([self._all_layers[i] for i in kept_layers(self.shape["layers"], d)])
                        for d in self.depths if d != 1.0}

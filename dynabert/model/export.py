@@ -1,10 +1,10 @@
-"""Turn one width of the supernet into a standalone, physically smaller BERT.
+"""Turn one width of the supernet into a standalone, physically smaller model of the same family.
 
-The exported model is a plain PaddleNLP ``BertForSequenceClassification`` whose attention projections
-hold only the kept heads (``num_heads`` set on each attention instance) and whose FFN has the kept
-neurons. It is saved as a directory (weights, config.json, vocab, and ``dynabert_export.json`` with the
-head count, needed to rebuild it: ``load_exported``) and as a Paddle inference model (``paddle.jit.save``)
-with dynamic batch size and sequence length.
+The exported model is a plain PaddleNLP ``*ForSequenceClassification`` (BERT, ERNIE or RoBERTa) whose
+attention projections hold only the kept heads (``num_heads`` set on each attention instance) and whose
+FFN has the kept neurons. It is saved as a directory (weights, config.json, vocab, and
+``dynabert_export.json`` with the family and the head count, needed to rebuild it: ``load_exported``) and
+as a Paddle inference model (``paddle.jit.save``) with dynamic batch size and sequence length.
 """
 import json
 import os
@@ -12,44 +12,26 @@ from typing import Dict, Optional
 
 import numpy as np
 import paddle
-from paddlenlp.transformers import BertConfig, BertForSequenceClassification
 
 from dynabert.io_utils import atomic_directory
+from dynabert.model import families
 from dynabert.model.compat import whole_heads
 from dynabert.model.depth import kept_layers
+from dynabert.model.families import family_of
 from dynabert.model.supernet import Supernet
 
 EXPORT_META = "dynabert_export.json"
 INFERENCE_PREFIX = "inference/model"
 
 
-def _shrink_attention(model: BertForSequenceClassification, heads: int, head_dim: int) -> None:
-    hidden = model.config.hidden_size
-    inner = heads * head_dim
-    for layer in model.bert.encoder.layers:
-        attn = layer.self_attn
-        attn.q_proj = paddle.nn.Linear(hidden, inner)
-        attn.k_proj = paddle.nn.Linear(hidden, inner)
-        attn.v_proj = paddle.nn.Linear(hidden, inner)
-        attn.out_proj = paddle.nn.Linear(inner, hidden)
-        attn.num_heads = heads  # Paddle's MultiHeadAttention reshapes with it; head_dim stays
-
-
-def build_small_model(config: BertConfig, heads: int) -> BertForSequenceClassification:
-    """An empty model of the exported shape: ``config`` already has the reduced intermediate_size and the
-    *original* num_attention_heads (which fixes head_dim = hidden / heads)."""
-    model = BertForSequenceClassification(config)
-    _shrink_attention(model, heads, config.hidden_size // config.num_attention_heads)
-    return model
-
-
-def extract_submodel(supernet: Supernet, width: float) -> BertForSequenceClassification:
+def extract_submodel(supernet: Supernet, width: float):
     """The width-``width`` sub-network as a plain model with sliced weights: the first kept heads and
     neurons, exactly what the supernet's super layers use at that width."""
     shape = supernet.shape
-    config = BertConfig.from_dict(supernet.model.config.to_dict())
+    family = family_of(supernet.model)
+    config = family.config_from_dict(supernet.model.config.to_dict())
     config.intermediate_size = int(width * shape["ffn"])
-    model = build_small_model(config, whole_heads(width, shape["heads"]))
+    model = family.build(config, whole_heads(width, shape["heads"]))
     source = {name.replace(".fn.", "."): t for name, t in supernet.state_dict().items()}
     with paddle.no_grad():
         for name, param in model.state_dict().items():
@@ -59,7 +41,7 @@ def extract_submodel(supernet: Supernet, width: float) -> BertForSequenceClassif
     return model
 
 
-def extract_submodel_at_depth(supernet, width: float, depth: float) -> BertForSequenceClassification:
+def extract_submodel_at_depth(supernet, width: float, depth: float):
     """The (width, depth) sub-network as a plain model with fewer layers: the width's sliced weights of the
     blocks depth ``depth`` keeps (``dynabert.model.depth.kept_layers``), renumbered 0..n-1. ``supernet`` is a
     Supernet or a DepthSupernet (its state_dict always holds every block)."""
@@ -67,13 +49,14 @@ def extract_submodel_at_depth(supernet, width: float, depth: float) -> BertForSe
     kept = kept_layers(supernet.shape["layers"], depth)
     if kept == list(range(supernet.shape["layers"])):
         return model
-    config = BertConfig.from_dict(model.config.to_dict())
+    family = family_of(model)
+    config = family.config_from_dict(model.config.to_dict())
     config.num_hidden_layers = len(kept)
-    small = build_small_model(config, model.bert.encoder.layers[0].self_attn.num_heads)
+    small = family.build(config, family.attention(family.blocks(model)[0]).num_heads)
     source = model.state_dict()
     renamed = {}
+    prefix = family.block_prefix
     for name, tensor in source.items():
-        prefix = "bert.encoder.layers."
         if name.startswith(prefix):
             index, rest = name[len(prefix):].split(".", 1)
             if int(index) not in kept:
@@ -93,11 +76,12 @@ def parameter_count(model: paddle.nn.Layer) -> int:
 
 def encoder_parameter_count(model) -> int:
     """The transformer blocks only: what the width shrinks (embeddings and classifier stay)."""
-    return parameter_count(model.bert.encoder)
+    return parameter_count(family_of(model).encoder(model))
 
 
-class _InferenceBert(paddle.nn.Layer):
-    """Positional (input_ids, token_type_ids, attention_mask) -> logits, the inference model's signature."""
+class _InferenceModel(paddle.nn.Layer):
+    """Positional (input_ids, token_type_ids, attention_mask) -> logits, the inference model's signature (the
+    same three inputs for every family: RoBERTa's token types are all 0)."""
 
     def __init__(self, model):
         super().__init__()
@@ -107,7 +91,7 @@ class _InferenceBert(paddle.nn.Layer):
         return self.model(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
 
 
-def save_exported(model: BertForSequenceClassification, width: float, tokenizer, out_dir: str,
+def save_exported(model, width: float, tokenizer, out_dir: str,
                   inference_model: bool = True, depth: Optional[float] = None,
                   task: Optional[dict] = None) -> Dict[str, object]:
     """Write into a temporary sibling directory, then swap it in: a crash never leaves half an export.
@@ -117,30 +101,35 @@ def save_exported(model: BertForSequenceClassification, width: float, tokenizer,
         paddle.save(model.state_dict(), os.path.join(tmp, "model_state.pdparams"))
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        heads = model.bert.encoder.layers[0].self_attn.num_heads
+        family = family_of(model)
+        blocks = family.blocks(model)
+        heads = family.attention(blocks[0]).num_heads
         meta = {"width": width, "num_heads": heads, "parameters": parameter_count(model),
-                "encoder_parameters": encoder_parameter_count(model)}
+                "encoder_parameters": encoder_parameter_count(model), "family": family.name}
         if depth is not None:
-            meta.update(depth=depth, num_layers=len(model.bert.encoder.layers))
+            meta.update(depth=depth, num_layers=len(blocks))
         with open(os.path.join(tmp, EXPORT_META), "w") as f:
             json.dump({**meta, "task": task} if task else meta, f, indent=2)
         if inference_model:
             spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
                     paddle.static.InputSpec([None, None], "int64", "token_type_ids"),
                     paddle.static.InputSpec([None, None], "float32", "attention_mask")]
-            static = paddle.jit.to_static(_InferenceBert(model), input_spec=spec, full_graph=True)
+            static = paddle.jit.to_static(_InferenceModel(model), input_spec=spec, full_graph=True)
             paddle.jit.save(static, os.path.join(tmp, INFERENCE_PREFIX), input_spec=spec)
     return meta
 
 
-def load_exported(path: str) -> BertForSequenceClassification:
+def load_exported(path: str):
+    """The exported model of ``path``, rebuilt as its family's classifier with the kept heads (an export
+    written before families were recorded is a BERT)."""
     with open(os.path.join(path, EXPORT_META)) as f:
         meta = json.load(f)
-    config = BertConfig.from_pretrained(path)
+    family = families.get(meta.get("family", "bert"))
+    config = family.config_class.from_pretrained(path)
     if meta.get("num_layers", config.num_hidden_layers) != config.num_hidden_layers:
         raise ValueError(f"{path}: {EXPORT_META} says {meta['num_layers']} layers, config.json "
                          f"{config.num_hidden_layers}")
-    model = build_small_model(config, meta["num_heads"])
+    model = family.build(config, meta["num_heads"])
     model.set_state_dict(paddle.load(os.path.join(path, "model_state.pdparams")))
     model.eval()
     return model

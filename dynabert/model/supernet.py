@@ -14,6 +14,7 @@ from paddleslim.nas.ofa.convert_super import Convert, supernet
 
 from dynabert.errors import UserError
 from dynabert.model import compat
+from dynabert.model.families import family_of
 
 # Layers whose output width follows the supernet width; all others keep the full size. This is the
 # rule of paddleslim's dynabert_config, written by layer name instead of by position in the layer list
@@ -70,7 +71,7 @@ class Supernet:
         self.shape = model_shape(model)
         # A fresh instance of the same class, converted, then loaded from the original's weights:
         # Convert builds new super layers whose parameters do not hold the original values.
-        student = type(model)(model.config)
+        student = family_of(model).build(model.config)
         student = Convert(supernet(expand_ratio=sorted(self.widths))).convert(student)
         _load_into_supernet(student, model.state_dict())
         compat.fix_super_layer_norms(student)

@@ -7,14 +7,12 @@ import json
 import os
 from typing import Callable, Iterable, List
 
-from paddlenlp.transformers import BertConfig
-
 from dynabert import faults
 from dynabert.errors import UserError
 from dynabert.io_utils import remove_path
+from dynabert.model import families
 from dynabert.model.export import (
     EXPORT_META,
-    build_small_model,
     encoder_parameter_count,
     load_exported,
     parameter_count,
@@ -42,12 +40,15 @@ def load_kept(ctx: StageContext, source: str, width: float):
             raise UserError(f"export.widths: no compressed model for width {width:g} at {source}; run the "
                             "compress stage first")
         with open(os.path.join(source, EXPORT_META)) as f:
-            heads = json.load(f)["num_heads"]
-        return {"config": BertConfig.from_pretrained(source).to_dict(), "num_heads": heads}
+            meta = json.load(f)
+        family = families.get(meta.get("family", "bert"))
+        return {"config": family.config_class.from_pretrained(source).to_dict(), "num_heads": meta["num_heads"],
+                "family": family.name}
 
     shape = ctx.comms.decide(describe_kept)
+    family = families.get(shape["family"])
     model = (load_exported(source) if ctx.comms.is_main
-             else build_small_model(BertConfig.from_dict(shape["config"]), shape["num_heads"]))
+             else family.build(family.config_from_dict(shape["config"]), shape["num_heads"]))
     ctx.comms.broadcast_parameters(model.parameters(), src=0)
     model.eval()
     return model

@@ -126,7 +126,7 @@ def load_workload(cfg: Config, global_batch: int, rows_needed: int, *, synthetic
         except UserError as e:
             why = f"no data ({e})"
     span = lengths or (cfg.data.max_seq_len, cfg.data.max_seq_len)
-    feats = synthetic_features(max(rows, global_batch), span, vocab_size=len(tokenizer.vocab),
+    feats = synthetic_features(max(rows, global_batch), span, vocab_size=len(tokenizer),
                                cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
                                num_classes=spec.num_classes, regression=spec.is_regression, seed=cfg.run.seed)
     return Workload(feats, f"synthetic rows of {span[0]}-{span[1]} tokens ({why})", tokenizer.pad_token_id,

@@ -48,7 +48,8 @@ def check_vocabulary(tokenizer, model, source: str) -> None:
     """Token ids beyond the embedding table would fail deep inside the first forward."""
     vocab, rows = len(tokenizer), model.config.vocab_size
     if vocab > rows:
-        raise UserError(f"{source}: vocab.txt has {vocab} tokens but the model's embedding has {rows} rows; "
+        name = getattr(tokenizer, "resource_files_names", {}).get("vocab_file", "the vocabulary")
+        raise UserError(f"{source}: {name} has {vocab} tokens but the model's embedding has {rows} rows; "
                         "the vocabulary does not belong to this model")
 
 
