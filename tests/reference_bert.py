@@ -225,3 +225,32 @@ def numpy_bert(hf_weights, config, ids):
     from a Hugging Face BertModel checkpoint (HF names, [out, in] Linear weights)."""
     out = numpy_bert_forward(hf_to_paddle_weights(hf_weights, config), config, [list(ids)])
     return out["sequence"][0], out["pooled"][0]
+
+
+def hf_encoder_weights(config: dict, seed: int = 0) -> dict:
+    """Random weights of a Hugging Face BERT-layout encoder (embeddings, blocks, pooler), without a model
+    prefix, named and shaped as the HF checkpoints store them (Linear weights ``[out, in]``)."""
+    rng = np.random.RandomState(seed)
+    h, inner = config["hidden_size"], config["intermediate_size"]
+    shapes = {
+        "embeddings.word_embeddings.weight": (config["vocab_size"], h),
+        "embeddings.position_embeddings.weight": (config["max_position_embeddings"], h),
+        "embeddings.token_type_embeddings.weight": (config["type_vocab_size"], h),
+        "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
+        "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h, h), (h,)
+        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (inner, h), (inner,)
+        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (h, inner), (h,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h,), (h,)
+    weights = {}
+    for name, shape in shapes.items():
+        value = rng.standard_normal(shape) * (0.1 if name.endswith("bias") else 0.3)
+        if "LayerNorm.weight" in name:
+            value += 1.0
+        weights[name] = value.astype(np.float32)
+    return weights

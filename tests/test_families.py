@@ -31,6 +31,7 @@ from dynabert.train.step import supernet_step
 from tests.families import tokenizer_for, write_bpe_files
 from tests.reference_bert import (
     cross_entropy,
+    hf_encoder_weights,
     hf_to_paddle_weights,
     model_weights,
     numpy_bert_forward,
@@ -406,30 +407,9 @@ def hf_roberta_weights(seed=0):
     """A Hugging Face RobertaForSequenceClassification checkpoint (``roberta.`` prefix, its own classification
     head) plus a pooler and an MLM head it would not use. The padding rows of the word and position embeddings
     are zero, as in real checkpoints (fairseq/Hugging Face never train them)."""
-    rng = np.random.RandomState(seed)
     c = HF_ROBERTA_CONFIG
-    h, inner = c["hidden_size"], c["intermediate_size"]
-    shapes = {
-        "embeddings.word_embeddings.weight": (c["vocab_size"], h),
-        "embeddings.position_embeddings.weight": (c["max_position_embeddings"], h),
-        "embeddings.token_type_embeddings.weight": (c["type_vocab_size"], h),
-        "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
-        "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,),
-    }
-    for i in range(c["num_hidden_layers"]):
-        p = f"encoder.layer.{i}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h, h), (h,)
-        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (inner, h), (inner,)
-        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (h, inner), (h,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h,), (h,)
-    bare = {}
-    for name, shape in shapes.items():
-        value = rng.standard_normal(shape) * (0.1 if name.endswith("bias") else 0.3)
-        if "LayerNorm.weight" in name:
-            value += 1.0
-        bare[name] = value.astype(np.float32)
+    h = c["hidden_size"]
+    bare = hf_encoder_weights(c, seed)
     bare["embeddings.word_embeddings.weight"][c["pad_token_id"]] = 0
     bare["embeddings.position_embeddings.weight"][c["pad_token_id"]] = 0
     checkpoint = {"roberta." + k: v for k, v in bare.items()}

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from dynabert.errors import UserError
 from dynabert.model import pretrained
-from tests.reference_bert import numpy_bert
+from tests.reference_bert import hf_encoder_weights, numpy_bert
 
 SENTENCE = "the movie was surprisingly good ."
 # Looked up by hand in all-MiniLM-L6-v2's vocab.txt (id = line number - 1):
@@ -138,30 +138,8 @@ TINY_IDS = [2, 7, 11, 3, 39, 5]
 
 
 def tiny_hf_weights(seed=0):
-    rng = np.random.RandomState(seed)
+    weights = hf_encoder_weights(TINY_HF_CONFIG, seed)
     c = TINY_HF_CONFIG
-    h, inner = c["hidden_size"], c["intermediate_size"]
-    shapes = {
-        "embeddings.word_embeddings.weight": (c["vocab_size"], h),
-        "embeddings.position_embeddings.weight": (c["max_position_embeddings"], h),
-        "embeddings.token_type_embeddings.weight": (c["type_vocab_size"], h),
-        "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
-        "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,),
-    }
-    for i in range(c["num_hidden_layers"]):
-        p = f"encoder.layer.{i}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h, h), (h,)
-        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (inner, h), (inner,)
-        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (h, inner), (h,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (h,), (h,)
-    weights = {}
-    for name, shape in shapes.items():
-        value = rng.standard_normal(shape) * (0.1 if name.endswith("bias") else 0.3)
-        if "LayerNorm.weight" in name:
-            value += 1.0
-        weights[name] = value.astype(np.float32)
     weights["embeddings.position_ids"] = np.arange(c["max_position_embeddings"], dtype=np.int64)[None]
     return weights
 
