@@ -41,17 +41,7 @@ def read_glue_tsv(path, task, split, limit=None) -> list:
     Every row must have as many fields as the header (QUOTE_NONE: GLUE text contains stray quotes).
     ``limit`` keeps the first N rows. All problems raise UserError naming ``path:line``.
     """
-    spec = get_task(task)
-    check_split(spec, split)
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of rows, got {limit}")
-    path = os.fspath(path)
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (needed for {spec.name} {split})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot open: {e.strerror or e}") from None
+    path, spec, raw = _open_own(path, task, split, limit)
     examples = []
     current = [0]  # number of the last line handed to csv: GLUE rows never span lines under QUOTE_NONE
 
