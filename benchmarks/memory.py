@@ -49,7 +49,10 @@ def main(argv=None):
 
     if args.side == "project":  # the step dynabert-bench measures: supernet_step + the trainer's Optimization
         from dynabert.collectives import SingleProcess
+        from dynabert.model.compat import contiguous_views_on_cpu
         from dynabert.train.bench_step import CompressStep
+
+        contiguous_views_on_cpu()  # as the project's entry points do (defect 15)
 
         project = CompressStep(W.new_teacher(w, state), W.bench_config(args.global_batch), SingleProcess(),
                                regression=False, steps=1000)

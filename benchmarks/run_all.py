@@ -139,6 +139,11 @@ def build_plan(args, base_env=None, cpu_count: Optional[int] = None, gpus: Optio
     stages.append(Stage("step_1proc", mod("step_time", "--tag", "1proc", "--teacher-state", state, *step_flags),
                         env1, threads, needs=["importance"], timeout=1800,
                         outputs=["step_time_1proc.json", "step_time_1proc.md"]))
+    if not gpu:  # both fixes it times are CPU fixes (defects 14 and 15)
+        stages.append(Stage("step_ablation", mod("step_ablation", "--teacher-state", state,
+                                                 "--repeats", "1" if smoke else "3"),
+                            env1, threads, needs=["importance"], timeout=1200,
+                            outputs=["step_ablation.json", "step_ablation.md"]))
     devices = None
     if gpu:  # Paddle's launcher takes labels from CUDA_VISIBLE_DEVICES when it is set
         vis = [x.strip() for x in base_env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
@@ -250,6 +255,15 @@ def summarise(out: str, nproc: int, runs: List[dict], total_seconds: float, smok
     if s1:
         summary["step_1proc"] = _step_summary(s1)
         lines += _step_lines("1 process", s1, target=0.75)
+    ablation = _load(out, "step_ablation")
+    if ablation:
+        v = ablation["variants"]
+        summary["step_ablation"] = {name: x["median_step_seconds"] for name, x in v.items()}
+        lines += ["## What each CPU fix bought (project step, 1 process)", "",
+                  "- median step: " + "; ".join(f"{name} {x['median_step_seconds']:.2f}s ({x['vs_before']:.2f}x)"
+                                                for name, x in v.items())
+                  + " (before = stride kernels on, padding gradients leaked; defects 14 and 15; "
+                  "step_ablation.md)", ""]
     if sn:
         summary[f"step_{nproc}proc"] = _step_summary(sn)
         lines += _step_lines(f"{nproc} processes", sn, target=None)
@@ -339,7 +353,8 @@ def _step_summary(s: dict) -> dict:
             "dynamic": {"project": s["project"]["dynamic"], "reference": s["reference"]["dynamic"]},
             "allreduce": s["allreduce"], "equivalence_passed": s["equivalence"]["passed"],
             "equivalence_loss_max_abs_diff": max(e["loss_max_abs_diff"] for e in s["equivalence"]["per_rank"]),
-            "equivalence_grad_max_abs_diff": max(e["grad_max_abs_diff"] for e in s["equivalence"]["per_rank"])}
+            "equivalence_grad_max_abs_diff": max(e["grad_max_abs_diff"] for e in s["equivalence"]["per_rank"]),
+            "mfu": s.get("mfu"), "runtime_flags": s.get("runtime_flags")}
 
 
 def _step_lines(title: str, s: dict, target: Optional[float]) -> List[str]:
@@ -360,6 +375,12 @@ def _step_lines(title: str, s: dict, target: Optional[float]) -> List[str]:
                    "reference "
                    f"{r['dynamic']['samples_per_s']:.2f} samples/s, {r['dynamic']['tokens_per_s']:.0f} tokens/s "
                    f"(ratio {s['ratio_dynamic']:.3f})")
+    if s.get("mfu"):
+        m = s["mfu"]
+        out.append(f"- MFU (project step, {m['step_flops'] / 1e9:.0f} GFLOP at {m['flops_per_s'] / 1e9:.1f} GFLOP/s): "
+                   f"**{m['fraction']['model']:.0%}** of the matmul rate measured at the model's shapes "
+                   f"({m['matmul_peak_flops']['model'] / 1e9:.1f} GFLOP/s), {m['fraction']['square']:.0%} of the "
+                   f"2048^3 rate")
     out.append(f"- step-0 equivalence: loss terms max |diff| {max(e['loss_max_abs_diff'] for e in eq):.3g}, gradients "
                f"max |diff| {max(e['grad_max_abs_diff'] for e in eq):.3g} -> "
                f"{'PASSED' if s['equivalence']['passed'] else 'FAILED'} (tolerance 1e-5)")

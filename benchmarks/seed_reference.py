@@ -37,7 +37,13 @@ real thing and numerically different. So we do NOT wrap it: to keep the distilla
 its communication, ``comms.all_reduce_gradients`` (one fused all-reduce of all gradients, averaged) runs
 after EACH width's backward. The accumulated, averaged gradients equal DataParallel's: after width k the
 gradient is mean(g_1) + ... + mean(g_k) on every rank.
+
+Runtime flags: the tutorial runs on Paddle's defaults. The project's entry points turn Paddle's stride
+kernels off on CPUs (defect 15, ``compat.contiguous_views_on_cpu``), a process-wide flag; in a process that
+runs both sides, every reference forward, backward and update runs under ``paddle_defaults()``.
 """
+import contextlib
+import os
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -53,6 +59,18 @@ from dynabert.model import compat
 
 TUTORIAL_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 SYNC = lambda: None  # noqa: E731  (the GPU benchmark sets a device synchronise before each clock read)
+
+
+@contextlib.contextmanager
+def paddle_defaults():
+    """Paddle 2.6's default stride kernels (on, unless the environment set the flag) inside; the caller's after."""
+    flag = compat.STRIDE_FLAG
+    before = paddle.get_flags([flag])[flag]
+    paddle.set_flags({flag: os.environ.get(flag, "1").lower() not in ("0", "false")})
+    try:
+        yield
+    finally:
+        paddle.set_flags({flag: before})
 
 
 def soft_cross_entropy(inp, target):
@@ -143,6 +161,10 @@ class SeedReference:
 
     def forward_backward(self, batch: Dict[str, paddle.Tensor]) -> Dict[float, Dict[str, paddle.Tensor]]:
         """Step 8 of the tutorial up to (not including) the optimizer step. Gradients accumulate."""
+        with paddle_defaults():
+            return self._forward_backward(batch)
+
+    def _forward_backward(self, batch: Dict[str, paddle.Tensor]) -> Dict[float, Dict[str, paddle.Tensor]]:
         input_ids, segment_ids = batch["input_ids"], batch["token_type_ids"]
         attention_mask = batch["attention_mask"]  # FIX-4: explicit 2-D float mask
         losses, timing = {}, {"widths": {}, "allreduce": {}}
@@ -173,10 +195,11 @@ class SeedReference:
 
     def optimizer_step(self) -> None:
         start = time.perf_counter()
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.ofa_model.model.clear_gradients()
-        SYNC()
+        with paddle_defaults():
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.ofa_model.model.clear_gradients()
+            SYNC()
         self.last_timing["optimizer"] = time.perf_counter() - start
 
     def step(self, batch: Dict[str, paddle.Tensor]) -> Dict[float, Dict[str, paddle.Tensor]]:

@@ -80,6 +80,7 @@ class Sides:
     param_bytes: int
     param_count: int
     project_steps: int = 0
+    fixed: Dict = field(default_factory=dict)   # this rank's fixed batch (numpy), for the FLOP count
     record: Dict[str, List[dict]] = field(default_factory=lambda: {"project": [], "reference": []})
 
     def counters(self):
@@ -202,6 +203,7 @@ def timed_repeats(ab: Sides, args) -> None:
     ab.project.supernet.train()
     ab.reference.train()
     fixed = W.fixed_batch(ab.workload, args.global_batch, args.seq_len, ab.comms.rank, ab.comms.world_size)
+    ab.fixed = fixed
     ab_pair(ab, fixed, "warmup")
     for _ in range(args.repeats):
         ab_pair(ab, fixed, "fixed")
@@ -220,9 +222,23 @@ def dynamic_steps(ab: Sides, args) -> None:
 
 
 def report(ab: Sides, args, equivalence: dict) -> None:
+    import paddle
+
+    from benchmarks.seed_reference import paddle_defaults
+    from dynabert.model.compat import STRIDE_FLAG
+    from dynabert.train.bench_step import matmul_peak, peak_shapes
+
+    # MFU's numerator: the project step's model FLOPs on this rank's fixed batch (dynabert/model/flops.py);
+    # its denominator: the matmul rate this rank reaches now, at a large square and the model's own shapes
+    shapes = peak_shapes(ab.project.shape, tokens=int(ab.fixed["input_ids"].size))
+    peak = {kind: matmul_peak(s, min_seconds=0.3 if args.smoke else 2.0, sync=ab.sync) for kind, s in shapes.items()}
+    flags = {"project": paddle.get_flags([STRIDE_FLAG])}
+    with paddle_defaults():
+        flags["reference"] = paddle.get_flags([STRIDE_FLAG])
     local = {"rank": ab.comms.rank, "record": ab.record, "equivalence": equivalence,
              "peak_rss_bytes": common.peak_rss_bytes(), "param_bytes": ab.param_bytes,
-             "param_count": ab.param_count}
+             "param_count": ab.param_count, "step_flops": ab.project.flops(ab.fixed), "matmul_peak_flops": peak,
+             "runtime_flags": flags}
     gathered = ab.comms.all_gather_object(local)
     if ab.comms.rank == 0:
         result = summarise(args, ab.workload, gathered, ab.comms.world_size)
@@ -295,6 +311,9 @@ def summarise(args, w, ranks, world):
     # A/B pairs: project step i and reference step i ran back to back, so their ratio sees the same
     # machine state; the median of the pair ratios is the drift-robust estimate.
     pair_ratios = [a / b for a, b in zip(p["step_seconds"], r["step_seconds"])]
+    step_flops = sum(x["step_flops"] for x in ranks)
+    achieved = step_flops / p["median_step_seconds"]
+    peaks = {kind: sum(x["matmul_peak_flops"][kind] for x in ranks) for kind in ranks[0]["matmul_peak_flops"]}
     return {
         "benchmark": "step_time",
         "tag": args.tag,
@@ -316,6 +335,11 @@ def summarise(args, w, ranks, world):
         "pair_ratios": pair_ratios,
         "median_pair_ratio": common.median(pair_ratios),
         "ratio_dynamic": (p["dynamic"]["seconds"] / r["dynamic"]["seconds"]) if p["dynamic"]["steps"] else None,
+        "mfu": {"step_flops": step_flops, "flops_per_s": achieved, "matmul_peak_flops": peaks,
+                "fraction": {kind: achieved / v for kind, v in peaks.items()},
+                "note": "project step: teacher forward + every width's forward and backward "
+                        "(docs/benchmarking.md); peak: best matmul rate each rank measured, summed"},
+        "runtime_flags": ranks[0]["runtime_flags"],
         "param_count": ranks[0]["param_count"],
         "param_bytes": param_bytes,
         "allreduce": {
@@ -372,6 +396,15 @@ def markdown(res) -> str:
                                        s["dynamic"]["padded_tokens_per_s"]]
                                       for n, s in (("project", p), ("reference", r))]))
         lines.append(f"\nRatio project/reference (dynamic): {res['ratio_dynamic']:.3f}")
+    m = res["mfu"]
+    lines += ["", f"Model FLOPs of the project's step: {m['step_flops'] / 1e9:.1f} GFLOP; achieved "
+              f"{m['flops_per_s'] / 1e9:.1f} GFLOP/s; **MFU {m['fraction']['model']:.0%} of the matmul rate at the "
+              f"model's shapes** ({m['matmul_peak_flops']['model'] / 1e9:.1f} GFLOP/s, measured here), "
+              f"{m['fraction']['square']:.0%} of the 2048^3 rate "
+              f"({m['matmul_peak_flops']['square'] / 1e9:.1f} GFLOP/s).",
+              f"Runtime flags: project {res['runtime_flags']['project']} (its entry points turn stride kernels off "
+              f"on CPUs, defect 15); reference {res['runtime_flags']['reference']} (Paddle's defaults, as the "
+              "tutorial runs)."]
     eq_batch = eq.get("batch", {})
     lines += ["", f"Step-0 equivalence (dropout off, rank 0, an unpadded batch of {eq_batch.get('rows_per_rank')} x "
               f"{eq_batch.get('tokens_per_row')} tokens per rank: the project averages the hidden-state loss over real "

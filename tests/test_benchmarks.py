@@ -52,7 +52,8 @@ def _positive(x):
 
 @pytest.mark.dist
 def test_every_result_file_is_written(smoke):
-    for name in ("summary", "step_time_1proc", "step_time_2proc", "importance", "memory", "latency", "scale_model"):
+    for name in ("summary", "step_time_1proc", "step_time_2proc", "importance", "memory", "latency", "scale_model",
+                 "step_ablation"):
         assert os.path.getsize(os.path.join(smoke, f"{name}.json")) > 0, name
         md = open(os.path.join(smoke, f"{name}.md")).read()
         assert md.startswith("# "), name
@@ -96,6 +97,37 @@ def test_step_time_ratios_and_throughput_are_sane(smoke):
         assert [x["phase"] for x in r["project"]["steps"]] == [x["phase"] for x in r["reference"]["steps"]]
     summary = _json(smoke, "summary")
     assert _positive(summary["scaling"]["throughput_ratio_fixed_batch"]["project"])
+
+
+@pytest.mark.dist
+def test_step_time_reports_mfu_and_each_sides_runtime_flags(smoke):
+    for name in ("step_time_1proc", "step_time_2proc"):
+        r = _json(smoke, name)
+        m = r["mfu"]
+        assert _positive(m["step_flops"]) and _positive(m["flops_per_s"])
+        assert m["flops_per_s"] == pytest.approx(m["step_flops"] / r["project"]["median_step_seconds"])
+        for kind in ("square", "model"):
+            assert _positive(m["matmul_peak_flops"][kind])
+            assert m["fraction"][kind] == pytest.approx(m["flops_per_s"] / m["matmul_peak_flops"][kind])
+        # the project's entry point turned stride kernels off (CPU, defect 15); the tutorial side ran on defaults
+        assert r["runtime_flags"] == {"project": {"FLAGS_use_stride_kernel": False},
+                                      "reference": {"FLAGS_use_stride_kernel": True}}
+        assert "MFU" in open(os.path.join(smoke, f"{name}.md")).read()
+    assert "MFU" in open(os.path.join(smoke, "summary.md")).read()
+
+
+@pytest.mark.dist
+def test_step_ablation_times_each_fix_alone_and_together(smoke):
+    r = _json(smoke, "step_ablation")
+    v = r["variants"]
+    assert {(x["padding_gradients"], x["stride_kernels"]) for x in v.values()} == {
+        (False, True), (True, True), (False, False), (True, False)}
+    assert v["before"]["padding_gradients"] is False and v["before"]["stride_kernels"] is True
+    assert v["both"]["padding_gradients"] is True and v["both"]["stride_kernels"] is False
+    for x in v.values():
+        assert len(x["step_seconds"]) == r["repeats"] and all(_positive(t) for t in x["step_seconds"])
+        assert x["vs_before"] == pytest.approx(x["median_step_seconds"] / v["before"]["median_step_seconds"])
+    assert "What each CPU fix bought" in open(os.path.join(smoke, "summary.md")).read()
 
 
 @pytest.mark.dist

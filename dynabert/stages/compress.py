@@ -15,7 +15,7 @@ from dynabert.data.batching import eval_batches, to_tensors
 from dynabert.data.task_data import TaskData
 from dynabert.model.export import extract_submodel, save_exported
 from dynabert.model.importance import compute_importance
-from dynabert.model.outputs import HiddenStates, forward
+from dynabert.model.outputs import HiddenStates, PaddingGradients, forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.model.reorder import reorder_heads_and_neurons
 from dynabert.model.supernet import Supernet, check_widths
@@ -74,6 +74,7 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     if checkpoint:
         supernet.set_state_dict(checkpoint.model_state())
     student_states, teacher_states = HiddenStates(supernet.model), HiddenStates(teacher)
+    padding = PaddingGradients(supernet.model)
 
     def save_widths(widths) -> None:
         tokenizer = tokenizer_of(cfg)
@@ -103,7 +104,7 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     def step_fn(batch):
         return supernet_step(supernet, student_states, teacher, teacher_states, batch, supernet.widths,
                              ccfg.lambda_distill, ccfg.lambda_logit, data.regression, precision.backward,
-                             inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task)
+                             inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task, padding=padding)
 
     saver = checkpointer(cfg, NAME, comms, log.info)
     saver.arrays = scores

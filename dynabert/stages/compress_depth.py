@@ -19,7 +19,7 @@ from dynabert.config import Config
 from dynabert.errors import UserError
 from dynabert.model.depth import DepthSupernet, depth_dir_name
 from dynabert.model.export import EXPORT_META, extract_submodel_at_depth, save_exported
-from dynabert.model.outputs import HiddenStates, KeptHiddenStates, forward
+from dynabert.model.outputs import HiddenStates, KeptHiddenStates, PaddingGradients, forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.model.supernet import Supernet
 from dynabert.stages.common import StageContext, describe, load_teacher
@@ -88,6 +88,7 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     if checkpoint:
         student.set_state_dict(checkpoint.model_state())
     student_states, teacher_states = KeptHiddenStates(student.model), HiddenStates(teacher.model)
+    padding = PaddingGradients(student.model)
     def save_pairs(pairs) -> None:
         tokenizer = tokenizer_of(cfg)
         for width, depth in pairs:
@@ -119,7 +120,8 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     def step_fn(batch):
         return depth_step(student, student_states, teacher, teacher_states, batch, widths=student.widths,
                           depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
-                          regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward)
+                          regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward,
+                          padding=padding)
 
     student.train()
     outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=training_batches(ctx),

@@ -7,7 +7,7 @@ from dynabert.data.batching import GlobalBatches
 from dynabert.data.metrics import main_metric_name
 from dynabert.errors import TrainingDiverged
 from dynabert.model import pretrained
-from dynabert.model.outputs import forward
+from dynabert.model.outputs import PaddingGradients, forward
 from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.stages.common import StageContext, describe, improves, is_finite
 from dynabert.train.checkpoint import Checkpoint
@@ -52,7 +52,8 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     model.train()
     precision = Precision(cfg.run.precision)
     saver = checkpointer(cfg, NAME, comms, log.info)
-    outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward),
+    padding = PaddingGradients(model)
+    outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward, padding=padding),
                     named_params=list(model.named_parameters()), optim=cfg.finetune, batches=batches,
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver, checkpoint_state=lambda: {"best": best}),

@@ -30,7 +30,7 @@ from dynabert.data.tasks import task_spec
 from dynabert.errors import UserError
 from dynabert.model import pretrained
 from dynabert.model.flops import compress_step_flops
-from dynabert.model.outputs import HiddenStates
+from dynabert.model.outputs import HiddenStates, PaddingGradients
 from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.model.supernet import Supernet, check_widths
 from dynabert.train.loop import Optimization, step_seed
@@ -168,6 +168,7 @@ class CompressStep:
         self.teacher = teacher
         self.supernet = Supernet(teacher, ccfg.widths)
         self.student_states, self.teacher_states = HiddenStates(self.supernet.model), HiddenStates(teacher)
+        self.padding = PaddingGradients(self.supernet.model)
         self.precision = Precision(cfg.run.precision)
         self.opt = Optimization(list(self.supernet.model.named_parameters()), ccfg.optim, steps, comms,
                                 self.precision)
@@ -192,7 +193,7 @@ class CompressStep:
             return supernet_step(self.supernet, self.student_states, self.teacher, self.teacher_states, batch,
                                  self.supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit, self.regression,
                                  self.precision.backward, phase=self.timer, inplace_weight=ccfg.inplace_distill,
-                                 lambda_task=ccfg.lambda_task)
+                                 lambda_task=ccfg.lambda_task, padding=self.padding)
 
     def reduce(self):
         with self.timer(ALL_REDUCE):

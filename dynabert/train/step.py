@@ -9,7 +9,7 @@ from typing import Callable, ContextManager, Dict, Optional, Sequence
 import paddle
 
 from dynabert.model.depth import DepthSupernet, teacher_hidden_indices
-from dynabert.model.outputs import HiddenStates, KeptHiddenStates, forward
+from dynabert.model.outputs import HiddenStates, KeptHiddenStates, PaddingGradients, forward
 from dynabert.model.supernet import Supernet
 from dynabert.train.losses import distill_loss, logit_loss, task_loss
 
@@ -18,8 +18,15 @@ def _backward(loss: paddle.Tensor) -> None:
     loss.backward()
 
 
-def finetune_step(model, batch, regression: bool, backward: Callable = _backward) -> Dict[str, paddle.Tensor]:
-    loss = task_loss(forward(model, batch), batch["labels"], regression)
+def _masking(padding: Optional[PaddingGradients], batch) -> ContextManager:
+    return padding.of(batch) if padding is not None else _NULL_CONTEXT
+
+
+def finetune_step(model, batch, regression: bool, backward: Callable = _backward, *,
+                  padding: Optional[PaddingGradients] = None) -> Dict[str, paddle.Tensor]:
+    """``padding`` (of ``model``): zero gradients at padding positions (dynabert/model/outputs.py)."""
+    with _masking(padding, batch):
+        loss = task_loss(forward(model, batch), batch["labels"], regression)
     backward(loss)
     return {"loss": loss}
 
@@ -28,7 +35,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
                   batch: Dict[str, paddle.Tensor], widths: Sequence[float], lambda_distill: float,
                   lambda_logit: float, regression: bool, backward: Callable = _backward, *,
                   phase: Optional[Callable[[str], ContextManager]] = None,
-                  inplace_weight: float = 0.0, lambda_task: float = 0.0) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  inplace_weight: float = 0.0, lambda_task: float = 0.0,
+                  padding: Optional[PaddingGradients] = None) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
@@ -38,7 +46,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     ``inplace_weight`` > 0 adds in-place distillation (slimmable networks' "sandwich rule"): every smaller
     width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
     by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels.
-    With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run."""
+    With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run.
+    ``padding`` (of the supernet's model) zeroes the student's gradients at padding positions."""
     phase = phase or _no_phase
     teacher_logits = teacher_hidden = None
     if lambda_distill or lambda_logit:
@@ -50,7 +59,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     for width in (sorted(widths, reverse=True) if inplace_weight else widths):
         with phase(f"width {width}"):
             supernet.set_width(width)
-            logits = forward(supernet, batch)
+            with _masking(padding, batch):
+                logits = forward(supernet, batch)
             terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
                                  attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
                                  lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
@@ -81,7 +91,8 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                teacher_states: HiddenStates, batch: Dict[str, paddle.Tensor], *, widths: Sequence[float],
                depths: Sequence[float], lambda_distill: float, lambda_logit: float, regression: bool,
                lambda_task: float = 0.0, backward: Callable = _backward,
-               phase: Optional[Callable[[str], ContextManager]] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
+               phase: Optional[Callable[[str], ContextManager]] = None,
+               padding: Optional[PaddingGradients] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
     """Forward and backward of every (width, depth); gradients accumulate, the caller reduces and steps once.
 
     The teacher (the width supernet, frozen, full depth) runs once per width under no_grad, at that width.
@@ -106,7 +117,8 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
             for depth in depths:
                 with phase(f"width {width} depth {depth}"):
                     student.set_depth(depth)
-                    logits = forward(student, batch)
+                    with _masking(padding, batch):
+                        logits = forward(student, batch)
                     paired = teacher_hidden and [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
                     terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
                                          attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
