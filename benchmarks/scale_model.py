@@ -30,7 +30,15 @@ ASSUMPTIONS (all overridable on the command line):
   * AdamW step: 28 bytes of HBM traffic per parameter at 1.555 TB/s (A100 40GB HBM2); the project also
     pays one concat + one split of the gradients (4 x S bytes of HBM traffic) for its fused buffer;
   * no overlap of communication with computation on either side (the reference's DataParallel could
-    overlap its last bucketed all-reduce with backward; this model does not credit that).
+    overlap its last bucketed all-reduce with backward; this model does not credit that), except in the
+    project's opt-in variants:
+  * ``compress.optim.allreduce_dtype: bf16`` (one column): the all-reduce moves S/2 bytes (NCCL: all-to-all
+    + all-gather of bf16, the sum in fp32, launcher/gradient_sync.py), plus a cast down and up of the
+    gradients (12 bytes of HBM traffic per parameter);
+  * ``compress.optim.overlap_allreduce`` (one column, and one with both): widths narrowest first, buckets of
+    --bucket-mb reduced while the full width's backward (2/3 of its forward+backward) runs; ideal
+    pipelining: exposed communication = max(T_ar - that backward, T_ar x bucket/S), the last bucket (the
+    embeddings, finished at the very end of backward) never overlapping.
 """
 import argparse
 import json
@@ -93,6 +101,13 @@ def project_table(fractions: dict, allreduces: dict, a: argparse.Namespace) -> d
     fusion_s = 4 * grad_bytes / (a.hbm_TBps * 1e12)
     compute = {"project": fractions["project"]["total"] * unit_gpu,
                "reference": fractions["reference"]["total"] * unit_gpu}
+    bucket = min(1.0, a.bucket_mb * 2 ** 20 / grad_bytes)  # the last bucket's share of the bytes
+    cast_s = a.params * 12 / (a.hbm_TBps * 1e12)
+    window = 2.0 / 3.0 * unit_gpu  # the full width's backward, the step's last
+
+    def exposed(t_ar: float) -> float:
+        return max(t_ar - window, t_ar * bucket)
+
     rows = []
     for nodes in NODES:
         for gbits in (INTER_GBITS if nodes > 1 else (None,)):
@@ -101,6 +116,12 @@ def project_table(fractions: dict, allreduces: dict, a: argparse.Namespace) -> d
             gpus = nodes * a.gpus_per_node
             proj = compute["project"] + optimizer_s + fusion_s + allreduces["project"] * t_ar
             ref = compute["reference"] + optimizer_s + allreduces["reference"] * t_ar
+            t_half = hierarchical_allreduce_seconds(grad_bytes / 2, a.gpus_per_node, nodes, a.nvlink_GBps * 1e9,
+                                                    inter)
+            base = compute["project"] + optimizer_s + fusion_s
+            variants = {"bf16": base + cast_s + allreduces["project"] * t_half,
+                        "overlap": base + allreduces["project"] * exposed(t_ar),
+                        "bf16_overlap": base + cast_s + allreduces["project"] * exposed(t_half)}
             rows.append({"nodes": nodes, "gpus": gpus, "inter_node_Gbps": gbits,
                          "allreduce_seconds": t_ar,
                          "project_step_seconds": proj, "reference_step_seconds": ref,
@@ -108,10 +129,12 @@ def project_table(fractions: dict, allreduces: dict, a: argparse.Namespace) -> d
                          "project_samples_per_s": a.per_gpu_batch * gpus / proj,
                          "reference_samples_per_s": a.per_gpu_batch * gpus / ref,
                          "project_comm_share": allreduces["project"] * t_ar / proj,
-                         "reference_comm_share": allreduces["reference"] * t_ar / ref})
+                         "reference_comm_share": allreduces["reference"] * t_ar / ref,
+                         "project_variants_step_seconds": variants})
     return {"unit_gpu_seconds": unit_gpu, "flops_full_width_fwd_bwd_per_gpu_batch": flops_full,
             "effective_flops_per_s": effective, "grad_bytes": grad_bytes, "optimizer_seconds": optimizer_s,
-            "fusion_copy_seconds": fusion_s, "compute_seconds": compute, "rows": rows}
+            "fusion_copy_seconds": fusion_s, "compute_seconds": compute, "cast_seconds": cast_s,
+            "overlap_window_seconds": window, "last_bucket_share": bucket, "rows": rows}
 
 
 def parse_args(argv=None):
@@ -129,6 +152,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-bytes-per-param", type=int, default=4)
     p.add_argument("--per-gpu-batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--bucket-mb", type=float, default=25.0, help="compress.optim.allreduce_bucket_mb")
     return p.parse_args(argv)
 
 
@@ -163,7 +187,9 @@ def main(argv=None):
             "inter_node": "25/100/400 Gb/s per node, ideal (100% efficiency)",
             "allreduce_formula": "T_ar = 2(g-1)/g * S/B_nvlink + 2(n-1)/n * S/B_inter",
             "optimizer": f"28 B/param HBM traffic at {a.hbm_TBps} TB/s",
-            "overlap": "none (communication after backward on both sides)",
+            "overlap": "none (communication after backward on both sides), except the project's opt-in overlap "
+                       "columns: exposed = max(T_ar - full-width backward, T_ar x last bucket share)",
+            "bf16_allreduce": "S/2 bytes through the same formula, + 12 B/param of HBM traffic for the casts",
             "gpus_per_node": a.gpus_per_node,
         },
         "projection": table,
@@ -172,7 +198,8 @@ def main(argv=None):
     rows = [[r["nodes"], r["gpus"], "NVLink only" if r["inter_node_Gbps"] is None else r["inter_node_Gbps"],
              r["allreduce_seconds"] * 1000, r["project_step_seconds"] * 1000, r["reference_step_seconds"] * 1000,
              r["ratio_project_over_reference"], r["project_samples_per_s"], r["reference_samples_per_s"],
-             f"{r['project_comm_share']:.0%} / {r['reference_comm_share']:.0%}"]
+             f"{r['project_comm_share']:.0%} / {r['reference_comm_share']:.0%}",
+             *(r["project_variants_step_seconds"][k] * 1000 for k in ("bf16", "overlap", "bf16_overlap"))]
             for r in table["rows"]]
     fp, fr = fractions["project"], fractions["reference"]
     md = "\n".join([
@@ -206,7 +233,13 @@ def main(argv=None):
         "",
         common.md_table(["nodes", "GPUs", "inter-node Gb/s", "one all-reduce ms", "project step ms",
                          "reference step ms", "project/reference", "project samples/s", "reference samples/s",
-                         "comm share project / reference"], rows),
+                         "comm share project / reference", "project bf16 all-reduce ms", "project overlap ms",
+                         "project bf16 + overlap ms"], rows),
+        "",
+        f"Opt-in columns: `compress.optim.allreduce_dtype: bf16` (casts {table['cast_seconds'] * 1000:.2f} ms), "
+        f"`compress.optim.overlap_allreduce` (window: the full width's backward, "
+        f"{table['overlap_window_seconds'] * 1000:.1f} ms; last bucket {table['last_bucket_share']:.0%} of the "
+        "bytes, never overlapped), and both.",
         "",
         f"**{BANNER}.**",
     ])

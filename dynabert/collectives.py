@@ -3,7 +3,8 @@
 dynabert/ never imports paddle.distributed: the launcher builds a ``Collectives`` for the job
 (launcher/fleet_setup.py) and this module's ``SingleProcess`` serves the one-process case and tests.
 """
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+import contextlib
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import paddle
@@ -23,9 +24,17 @@ class Collectives:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_gradients(self, params: Sequence[paddle.Tensor]) -> Optional[paddle.Tensor]:
-        """Average the gradients of ``params`` over all ranks, in place. Returns the fused gradient buffer
-        if the implementation made one (the loop checks finiteness on it), else None."""
+    def all_reduce_gradients(self, params: Sequence[paddle.Tensor], dtype: str = "fp32") -> Optional[paddle.Tensor]:
+        """Average the gradients of ``params`` over all ranks, in place, sent in ``dtype`` (fp32, bf16,
+        fp16; summed in fp32). Returns the fused gradient buffer if the implementation made one (the loop
+        checks finiteness on it), else None."""
+        raise NotImplementedError
+
+    def gradient_buckets(self, params: Sequence[paddle.Tensor], *, bucket_bytes: int,
+                         dtype: str = "fp32") -> "GradientBuckets":
+        """What reduces the gradients of ``params`` bucket by bucket during the backward run inside
+        ``armed()``; ``finish()`` after it completes the reduction (``all_reduce_gradients``'s result, in
+        buckets: a list of buffers, or None)."""
         raise NotImplementedError
 
     def broadcast_parameters(self, params: Sequence[paddle.Tensor], src: int = 0) -> None:
@@ -146,6 +155,16 @@ class Collectives:
                                 "the same data")
 
 
+class GradientBuckets:
+    """Interface (and the one-process implementation: nothing to reduce)."""
+
+    def armed(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def finish(self) -> Optional[List[paddle.Tensor]]:
+        return None
+
+
 class SingleProcess(Collectives):
     rank = 0
     world_size = 1
@@ -153,8 +172,11 @@ class SingleProcess(Collectives):
     def __init__(self):
         self._posted = {}
 
-    def all_reduce_gradients(self, params):
+    def all_reduce_gradients(self, params, dtype="fp32"):
         return None
+
+    def gradient_buckets(self, params, *, bucket_bytes, dtype="fp32"):
+        return GradientBuckets()
 
     def broadcast_parameters(self, params, src=0):
         pass

@@ -124,6 +124,14 @@ class OptimConfig:
     max_steps: Optional[int] = None
     # Evaluate on dev every N optimizer steps; 0 evaluates at the end of every epoch only.
     eval_every: int = 0
+    # Data type the gradients travel in through the one all-reduce: fp32, or bf16/fp16 (half the bytes; each
+    # rank's gradient rounded once, summed in fp32; docs/benchmarking.md). No effect in one process.
+    allreduce_dtype: str = "fp32"
+    # Reduce the gradients in buckets while the last (full-width) backward runs, the widths trained from the
+    # narrowest to the widest; still one reduction of each accumulated gradient per step. Needs more than
+    # one process to matter; gains only where communication runs beside compute (NCCL on GPUs).
+    overlap_allreduce: bool = False
+    allreduce_bucket_mb: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,9 @@ def _check_optim(o: OptimConfig, prefix: str) -> None:
     _check(o.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0 (0 disables clipping)")
     _check(o.max_steps is None or o.max_steps >= 1, f"{prefix}.max_steps", "must be >= 1 or null")
     _check(o.eval_every >= 0, f"{prefix}.eval_every", f"must be >= 0, got {o.eval_every}")
+    _check(o.allreduce_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.allreduce_dtype",
+           f"must be fp32, bf16 or fp16, got {o.allreduce_dtype!r}")
+    _check(o.allreduce_bucket_mb > 0, f"{prefix}.allreduce_bucket_mb", f"must be > 0, got {o.allreduce_bucket_mb}")
 
 
 def _check_widths(widths, key: str, require_full: bool) -> None:
@@ -322,6 +333,9 @@ def validate(cfg: "Config") -> None:
     _check(cfg.compress.lambda_distill + cfg.compress.lambda_logit + cfg.compress.lambda_task > 0,
            "compress.lambda_task", "lambda_distill, lambda_logit and lambda_task are all 0: nothing would train")
     _check(cfg.compress.inplace_distill >= 0, "compress.inplace_distill", "must be >= 0")
+    _check(not (cfg.compress.optim.overlap_allreduce and cfg.compress.inplace_distill),
+           "compress.optim.overlap_allreduce", "needs the widths trained narrowest first, and "
+           "compress.inplace_distill trains the full width first: turn one of them off")
     _check(cfg.compress.importance_batches is None or cfg.compress.importance_batches >= 1,
            "compress.importance_batches", "must be >= 1 or null")
     if cfg.export.widths is not None:

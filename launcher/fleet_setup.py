@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 
 from dynabert.collectives import Collectives, SingleProcess
 from dynabert.model import compat
+from launcher import gradient_sync
 from launcher.launch_cmd import (
     COLLECTIVE_TIMEOUT_ENV,
     EXIT_COLLECTIVE_TIMEOUT,
@@ -426,6 +426,24 @@ class PeerMonitor:
                            tell_others=False)
 
 
+class _GuardedBuckets:
+    """GradientBuckets whose collectives run under the job's watchdog, and count as one reduction per step."""
+
+    def __init__(self, comms: "PaddleCollectives", buckets: "gradient_sync.GradientBuckets"):
+        self._comms, self._buckets = comms, buckets
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        with self._comms._collective("bucketed all_reduce of the gradients during backward"), self._buckets.armed():
+            yield
+
+    def finish(self) -> List[paddle.Tensor]:
+        with self._comms._collective("bucketed all_reduce of the gradients"):
+            out = self._buckets.finish()
+        self._comms.all_reduce_calls += 1
+        return out
+
+
 class PaddleCollectives(Collectives):
     def __init__(self, watchdog: Optional[CollectiveWatchdog] = None, monitor: Optional[PeerMonitor] = None):
         self.rank = dist.get_rank()
@@ -433,6 +451,8 @@ class PaddleCollectives(Collectives):
         # What this process sent through all-reduce, for the log and the tests.
         self.all_reduce_calls = 0
         self.all_reduce_bytes = 0
+        self.all_reduce_buckets = 0  # collectives of the bucketed reductions (compress.optim.overlap_allreduce)
+        self._nccl = isinstance(paddle.framework._current_expected_place(), paddle.CUDAPlace)
         self._main_jobs = 0
         self._watchdog = watchdog or CollectiveWatchdog(collective_timeout(os.environ), self.rank)
         self._monitor = monitor
@@ -450,28 +470,28 @@ class PaddleCollectives(Collectives):
                 while not done.query():  # polling keeps this thread out of a blocking CUDA wait
                     time.sleep(0.0005)
 
-    def all_reduce_gradients(self, params: Sequence[paddle.Tensor]) -> paddle.Tensor:
-        """One fused all-reduce of every gradient; returns the fused buffer (averaged), on which the loop
-        checks finiteness with one kernel. Memory: one extra copy of the gradients (the buffer); the
-        division is in place. No host sync here (sizes are computed once, from shapes)."""
+    def all_reduce_gradients(self, params: Sequence[paddle.Tensor], dtype: str = "fp32") -> paddle.Tensor:
+        """One fused reduction of every gradient (launcher/gradient_sync.py); returns the fused buffer
+        (averaged), on which the loop checks finiteness with one kernel. Memory: one extra copy of the
+        gradients (the buffer); the division is in place. No host sync here (sizes come from shapes)."""
         params = [p for p in params if not p.stop_gradient]
-        sizes = [int(np.prod(p.shape)) for p in params]
-        grads = [p.grad if p.grad is not None else paddle.zeros_like(p) for p in params]
-        flat = paddle.concat([g.reshape([-1]) for g in grads])
+        flat, grads, sizes = gradient_sync.flatten(params)
         with self._collective("all_reduce of the gradients"):
-            dist.all_reduce(flat)  # sum over ranks
+            flat, nbytes = gradient_sync.sum_over_ranks(flat, dtype, world=self.world_size, nccl=self._nccl)
         self.all_reduce_calls += 1
-        self.all_reduce_bytes += sum(sizes) * flat.element_size()
+        self.all_reduce_bytes += nbytes
         flat.scale_(1.0 / self.world_size)
-        offset = 0
-        for p, g, n in zip(params, grads, sizes):
-            averaged = flat[offset:offset + n].reshape(g.shape)
-            offset += n
-            if p.grad is None:
-                p._set_grad_ivar(averaged)
-            else:
-                paddle.assign(averaged, p.grad)
+        gradient_sync.scatter_back(params, grads, sizes, flat)
         return flat
+
+    def gradient_buckets(self, params: Sequence[paddle.Tensor], *, bucket_bytes: int, dtype: str = "fp32"):
+        return _GuardedBuckets(self, gradient_sync.buckets_for(
+            params, bucket_bytes=bucket_bytes, dtype=dtype, world=self.world_size, nccl=self._nccl,
+            count=self._count_bytes))
+
+    def _count_bytes(self, nbytes: int) -> None:
+        self.all_reduce_bytes += nbytes
+        self.all_reduce_buckets += 1
 
     def broadcast_parameters(self, params: Sequence[paddle.Tensor], src: int = 0) -> None:
         with paddle.no_grad(), self._collective(f"broadcast of {len(params)} parameter(s) from rank {src}"):

@@ -226,7 +226,8 @@ def test_scale_model_formula_by_hand():
     # the step time of that cell, from given fractions, against the same hand computation
     fractions = {"project": {"total": 3.0}, "reference": {"total": 4.5}}
     args = SimpleNamespace(per_gpu_batch=32, seq=128, gpu_peak_tflops=312.0, gpu_utilisation=0.4, params=110e6,
-                           grad_bytes_per_param=4, hbm_TBps=1.555, gpus_per_node=8, nvlink_GBps=230.0)
+                           grad_bytes_per_param=4, hbm_TBps=1.555, gpus_per_node=8, nvlink_GBps=230.0,
+                           bucket_mb=25.0)
     table = sm.project_table(fractions, {"project": 1, "reference": 4}, args)
     cell = next(r for r in table["rows"] if r["nodes"] == 4 and r["inter_node_Gbps"] == 100)
     flops = 3 * 12 * (8 * 768 ** 2 + 4 * 128 * 768 + 4 * 768 * 3072) * 32 * 128
@@ -238,6 +239,16 @@ def test_scale_model_formula_by_hand():
     assert cell["reference_step_seconds"] == pytest.approx(4.5 * unit + opt + 4 * by_hand)
     assert cell["gpus"] == 32
     assert cell["project_samples_per_s"] == pytest.approx(32 * 32 / cell["project_step_seconds"])
+    # the opt-in variants: bf16 halves the bytes (plus 12 B/param of casts); overlap hides the all-reduce
+    # behind the full width's backward (2/3 of a forward+backward) except the last 25 MB bucket
+    half = 2 * 7 / 8 * (S / 2) / nvlink + 2 * 3 / 4 * (S / 2) / inter
+    cast = 110e6 * 12 / 1.555e12
+    base = 3.0 * unit + opt + fusion
+    v = cell["project_variants_step_seconds"]
+    assert v["bf16"] == pytest.approx(base + cast + half)
+    assert v["overlap"] == pytest.approx(base + max(by_hand - 2 / 3 * unit, by_hand * 25 * 2 ** 20 / S))
+    assert v["bf16_overlap"] == pytest.approx(base + cast + max(half - 2 / 3 * unit, half * 25 * 2 ** 20 / S))
+    assert v["bf16_overlap"] < v["bf16"] < cell["project_step_seconds"]  # 100 Gb/s: communication dominates
 
 
 @pytest.mark.dist

@@ -149,6 +149,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("model.dropout=1.0", "model.dropout: must be in [0, 1)"),
     ("compress.lambda_task=-1", "compress.lambda_task: must be >= 0"),
     ("oops", "--set oops: expected section.key=value"),
+    ("compress.optim.allreduce_dtype=int8", "compress.optim.allreduce_dtype: must be fp32, bf16 or fp16"),
+    ("finetune.allreduce_bucket_mb=0", "finetune.allreduce_bucket_mb: must be > 0"),
 ])
 def test_bad_values_name_the_dotted_key(override, needle):
     with pytest.raises(UserError) as e:
@@ -163,6 +165,14 @@ def test_all_loss_weights_zero_is_refused():
     with pytest.raises(UserError, match="compress.lambda_task: lambda_distill, lambda_logit and lambda_task are all 0"):
         load_config(None, zero)
     assert load_config(None, zero[:2] + ["compress.lambda_task=1"]).compress.lambda_task == 1.0  # labels only
+
+
+def test_overlap_and_inplace_distillation_are_refused_together():
+    """Overlap trains the widths narrowest first; in-place distillation needs the full width first."""
+    with pytest.raises(UserError, match="^--set: compress.optim.overlap_allreduce: .*compress.inplace_distill"):
+        load_config(None, ["compress.optim.overlap_allreduce=true", "compress.inplace_distill=0.5"])
+    cfg = load_config(None, ["compress.optim.overlap_allreduce=true", "compress.optim.allreduce_dtype=bf16"])
+    assert cfg.compress.optim.overlap_allreduce is True and cfg.compress.optim.allreduce_dtype == "bf16"
 
 
 def test_errors_name_the_file(tmp_path):

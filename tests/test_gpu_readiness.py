@@ -213,6 +213,7 @@ def test_paddle_collectives_guard_every_collective(monkeypatch):
 
     fake_dist = types.SimpleNamespace(get_rank=lambda: 1, get_world_size=lambda: 2, all_reduce=stuck_all_reduce)
     monkeypatch.setattr(fs, "dist", fake_dist)
+    monkeypatch.setattr(fs.gradient_sync, "dist", fake_dist)  # where the gradient reduction calls it
     fired, messages = threading.Event(), []
     wd = CollectiveWatchdog(0.2, rank=1, on_timeout=lambda m: (messages.append(m), fired.set()))
     comms = fs.PaddleCollectives(watchdog=wd)

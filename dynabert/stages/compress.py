@@ -23,7 +23,7 @@ from dynabert.stages.common import StageContext, describe, load_teacher, teacher
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
-from dynabert.train.loop import LoopHooks, train
+from dynabert.train.loop import LoopHooks, gradient_buckets, train
 from dynabert.train.losses import task_loss
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_free_space, check_vocabulary
@@ -101,17 +101,21 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
 
     precision = Precision(cfg.run.precision)
 
+    named_params = list(supernet.model.named_parameters())
+    overlap = gradient_buckets(comms, named_params, ccfg.optim)
+
     def step_fn(batch):
         return supernet_step(supernet, student_states, teacher, teacher_states, batch, supernet.widths,
                              ccfg.lambda_distill, ccfg.lambda_logit, data.regression, precision.backward,
-                             inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task, padding=padding)
+                             inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task, padding=padding,
+                             last_backward=overlap and overlap.armed)
 
     saver = checkpointer(cfg, NAME, comms, log.info)
     saver.arrays = scores
     supernet.train()
-    outcome = train(step_fn, named_params=list(supernet.model.named_parameters()), optim=ccfg.optim,
+    outcome = train(step_fn, named_params=named_params, optim=ccfg.optim,
                     batches=training_batches(ctx), comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver,
                                     checkpoint_state=lambda: {"best": keeper.state}),
-                    resume=resume_from(checkpoint), precision=precision)
+                    resume=resume_from(checkpoint), precision=precision, overlap=overlap)
     return finish_training(ctx, NAME, supernet, outcome, keeper, (student_states, teacher_states))

@@ -27,7 +27,7 @@ from dynabert.stages.export import load_kept, remove_earlier_exports
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
-from dynabert.train.loop import LoopHooks, train
+from dynabert.train.loop import LoopHooks, gradient_buckets, train
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_free_space
 from dynabert.train.stage_state import checkpointer, resume_from
@@ -117,18 +117,21 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
 
     precision = Precision(cfg.run.precision)
 
+    named_params = student.named_parameters()
+    overlap = gradient_buckets(comms, named_params, ccfg.optim)
+
     def step_fn(batch):
         return depth_step(student, student_states, teacher, teacher_states, batch, widths=student.widths,
                           depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
                           regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward,
-                          padding=padding)
+                          padding=padding, last_backward=overlap and overlap.armed)
 
     student.train()
-    outcome = train(step_fn, named_params=student.named_parameters(), optim=ccfg.optim, batches=training_batches(ctx),
+    outcome = train(step_fn, named_params=named_params, optim=ccfg.optim, batches=training_batches(ctx),
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms, log.info),
                                     checkpoint_state=lambda: {"best": keeper.state}),
-                    resume=resume_from(checkpoint), precision=precision)
+                    resume=resume_from(checkpoint), precision=precision, overlap=overlap)
     return finish_training(ctx, NAME, student, outcome, keeper, (student_states, teacher_states))
 
 

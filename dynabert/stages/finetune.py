@@ -12,7 +12,7 @@ from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.stages.common import StageContext, describe, improves, is_finite
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on
-from dynabert.train.loop import LoopHooks, global_throughput, train
+from dynabert.train.loop import LoopHooks, global_throughput, gradient_buckets, train
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_free_space, check_vocabulary
 from dynabert.train.stage_state import checkpointer, resume_from
@@ -53,11 +53,14 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     precision = Precision(cfg.run.precision)
     saver = checkpointer(cfg, NAME, comms, log.info)
     padding = PaddingGradients(model)
-    outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward, padding=padding),
-                    named_params=list(model.named_parameters()), optim=cfg.finetune, batches=batches,
+    named_params = list(model.named_parameters())
+    overlap = gradient_buckets(comms, named_params, cfg.finetune)
+    outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward, padding=padding,
+                                            last_backward=overlap and overlap.armed),
+                    named_params=named_params, optim=cfg.finetune, batches=batches,
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver, checkpoint_state=lambda: {"best": best}),
-                    resume=resume_from(checkpoint), precision=precision)
+                    resume=resume_from(checkpoint), precision=precision, overlap=overlap)
     if best["metrics"] is None:
         raise TrainingDiverged("finetune: no finite model to keep (every evaluation was non-finite)")
     comms.barrier()  # rank 0 has written the best teacher

@@ -33,7 +33,7 @@ from dynabert.model.flops import compress_step_flops
 from dynabert.model.outputs import HiddenStates, PaddingGradients
 from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.model.supernet import Supernet, check_widths
-from dynabert.train.loop import Optimization, step_seed
+from dynabert.train.loop import Optimization, gradient_buckets, step_seed
 from dynabert.train.precision import Precision
 from dynabert.train.step import supernet_step
 
@@ -170,8 +170,9 @@ class CompressStep:
         self.student_states, self.teacher_states = HiddenStates(self.supernet.model), HiddenStates(teacher)
         self.padding = PaddingGradients(self.supernet.model)
         self.precision = Precision(cfg.run.precision)
-        self.opt = Optimization(list(self.supernet.model.named_parameters()), ccfg.optim, steps, comms,
-                                self.precision)
+        named_params = list(self.supernet.model.named_parameters())
+        self.overlap = gradient_buckets(comms, named_params, ccfg.optim)
+        self.opt = Optimization(named_params, ccfg.optim, steps, comms, self.precision, self.overlap)
         self.timer = PhaseTimer(sync)
         self.supernet.train()
         self.shape, self.num_classes = self.supernet.shape, int(teacher.config.num_labels or 1)
@@ -193,7 +194,8 @@ class CompressStep:
             return supernet_step(self.supernet, self.student_states, self.teacher, self.teacher_states, batch,
                                  self.supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit, self.regression,
                                  self.precision.backward, phase=self.timer, inplace_weight=ccfg.inplace_distill,
-                                 lambda_task=ccfg.lambda_task, padding=self.padding)
+                                 lambda_task=ccfg.lambda_task, padding=self.padding,
+                                 last_backward=self.overlap and self.overlap.armed)
 
     def reduce(self):
         with self.timer(ALL_REDUCE):

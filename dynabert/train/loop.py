@@ -9,14 +9,14 @@ tensors until a logging step turns them into floats.
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 from paddlenlp.transformers import LinearDecayWithWarmup
 
 from dynabert import faults
-from dynabert.collectives import Collectives
+from dynabert.collectives import Collectives, GradientBuckets
 from dynabert.config import OptimConfig
 from dynabert.data.batching import GlobalBatches, to_tensors
 from dynabert.errors import TrainingDiverged
@@ -85,17 +85,31 @@ class Resume:
     precision_state: Optional[dict] = None
 
 
+def gradient_buckets(comms: Collectives, named_params: Sequence[Tuple[str, paddle.Tensor]],
+                     optim: OptimConfig) -> Optional[GradientBuckets]:
+    """``optim.overlap_allreduce``: what reduces the gradients during the step's last backward (the step
+    function arms it, ``train(overlap=)`` finishes it); else None."""
+    if not optim.overlap_allreduce:
+        return None
+    return comms.gradient_buckets([p for _, p in named_params], bucket_bytes=int(optim.allreduce_bucket_mb * 2 ** 20),
+                                  dtype=optim.allreduce_dtype)
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The dropout seed of one step on one rank: a resumed run draws exactly the masks it would have."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def gradients_finite(params: Sequence[paddle.Tensor], fused: Optional[paddle.Tensor] = None) -> bool:
+def gradients_finite(params: Sequence[paddle.Tensor],
+                     fused: Union[None, paddle.Tensor, Sequence[paddle.Tensor]] = None) -> bool:
     """After the all-reduce every rank holds the same gradients, so every rank reaches the same verdict
     without another collective (a NaN on one rank is a NaN everywhere). One host sync: on the fused
-    buffer when the all-reduce made one, else on the sum of per-gradient sums (NaN and Inf propagate)."""
-    if fused is not None:
+    buffer (or buckets) when the all-reduce made them, else on the sum of per-gradient sums (NaN and Inf
+    propagate)."""
+    if isinstance(fused, paddle.Tensor):
         return bool(paddle.isfinite(fused).all())
+    if fused:
+        return bool(paddle.stack([paddle.isfinite(b).all() for b in fused]).all())
     grads = [p.grad for p in params if p.grad is not None]
     return bool(paddle.isfinite(paddle.add_n([g.sum() for g in grads]))) if grads else True
 
@@ -131,9 +145,10 @@ class Optimization:
     all-reduce, the finiteness verdict, the update, the schedule."""
 
     def __init__(self, named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, steps: int,
-                 comms: Collectives, precision: Precision):
+                 comms: Collectives, precision: Precision, overlap: Optional[GradientBuckets] = None):
         self.params = [p for _, p in named_params]
         self.comms, self.precision = comms, precision
+        self.allreduce_dtype, self.overlap = optim.allreduce_dtype, overlap
         self.optimizer, self.schedule = make_optimizer(named_params, optim, steps)
         # Paddle keys optimizer state by parameter.name, which comes from process-global counters
         # (``super_embedding_0.w_0``): a restarted process that skips earlier stages builds the same model
@@ -151,11 +166,14 @@ class Optimization:
         parameter.name, load as they are)."""
         self.optimizer.set_state_dict(_rekey(state, self._by_name, "@", "_"))
 
-    def reduce(self) -> Optional[paddle.Tensor]:
-        """The only gradient communication of the step; returns the fused buffer if one was made."""
-        return self.comms.all_reduce_gradients(self.params)
+    def reduce(self) -> Union[None, paddle.Tensor, List[paddle.Tensor]]:
+        """The only gradient communication of the step; returns the fused buffer (or the buckets, when
+        ``overlap`` started them during the last backward) if one was made."""
+        if self.overlap is not None:
+            return self.overlap.finish()
+        return self.comms.all_reduce_gradients(self.params, self.allreduce_dtype)
 
-    def apply(self, fused: Optional[paddle.Tensor]) -> bool:
+    def apply(self, fused: Union[None, paddle.Tensor, List[paddle.Tensor]]) -> bool:
         """Update if the gradients are finite; returns whether it did. A skipped step holds the learning-
         rate schedule, as Hugging Face's Trainer does after an fp16 overflow."""
         self.precision.unscale(self.optimizer)   # fp16: true gradients, before the verdict and clipping
@@ -170,14 +188,15 @@ class Optimization:
 def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]], *,
           named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, batches: GlobalBatches,
           comms: Collectives, log: RunLog, settings: LoopSettings, hooks: Optional[LoopHooks] = None,
-          resume: Optional[Resume] = None, precision: Optional[Precision] = None) -> TrainResult:
+          resume: Optional[Resume] = None, precision: Optional[Precision] = None,
+          overlap: Optional[GradientBuckets] = None) -> TrainResult:
     """``step_fn(batch)`` runs forward and backward and returns its loss terms as tensors (flat, or
     {width: {term: tensor}}); they become floats only on logging steps."""
     hooks = hooks or LoopHooks()
     tag = settings.tag
     steps = total_steps(optim, len(batches))
     precision = precision or Precision("fp32")
-    opt = Optimization(named_params, optim, steps, comms, precision)
+    opt = Optimization(named_params, optim, steps, comms, precision, overlap)
     skips = SkipPolicy(on_nonfinite=settings.on_nonfinite, overflow_is_normal=precision.handles_overflow,
                        max_consecutive=settings.max_consecutive_skips, tag=tag)
     pos = Position()

@@ -22,12 +22,19 @@ def _masking(padding: Optional[PaddingGradients], batch) -> ContextManager:
     return padding.of(batch) if padding is not None else _NULL_CONTEXT
 
 
+def _last(last_backward: Optional[Callable[[], ContextManager]]) -> ContextManager:
+    return last_backward() if last_backward is not None else _NULL_CONTEXT
+
+
 def finetune_step(model, batch, regression: bool, backward: Callable = _backward, *,
-                  padding: Optional[PaddingGradients] = None) -> Dict[str, paddle.Tensor]:
-    """``padding`` (of ``model``): zero gradients at padding positions (dynabert/model/outputs.py)."""
+                  padding: Optional[PaddingGradients] = None,
+                  last_backward: Optional[Callable[[], ContextManager]] = None) -> Dict[str, paddle.Tensor]:
+    """``padding`` (of ``model``): zero gradients at padding positions (dynabert/model/outputs.py).
+    ``last_backward()``: a context the step's last backward runs in (the bucketed all-reduce's)."""
     with _masking(padding, batch):
         loss = task_loss(forward(model, batch), batch["labels"], regression)
-    backward(loss)
+    with _last(last_backward):
+        backward(loss)
     return {"loss": loss}
 
 
@@ -36,7 +43,9 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
                   lambda_logit: float, regression: bool, backward: Callable = _backward, *,
                   phase: Optional[Callable[[str], ContextManager]] = None,
                   inplace_weight: float = 0.0, lambda_task: float = 0.0,
-                  padding: Optional[PaddingGradients] = None) -> Dict[float, Dict[str, paddle.Tensor]]:
+                  padding: Optional[PaddingGradients] = None,
+                  last_backward: Optional[Callable[[], ContextManager]] = None,
+                  ) -> Dict[float, Dict[str, paddle.Tensor]]:
     """Gradients of every width accumulate in the parameters; the caller reduces and steps once.
 
     The teacher runs once, under no_grad: its outputs are the same for every width, and upstream's
@@ -47,7 +56,9 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     width also learns the full width's logits of the same batch (detached; no extra forward pass), weighted
     by it. The full width then runs first. ``lambda_task`` > 0 adds every width's loss on the true labels.
     With both distillation weights 0 (DynaBERT's width stage without augmented data) the teacher does not run.
-    ``padding`` (of the supernet's model) zeroes the student's gradients at padding positions."""
+    ``padding`` (of the supernet's model) zeroes the student's gradients at padding positions.
+    ``last_backward`` (the bucketed all-reduce's ``armed``): the widths run from the narrowest to the widest
+    and the widest's backward, the largest, runs inside it, so the reduction overlaps it."""
     phase = phase or _no_phase
     teacher_logits = teacher_hidden = None
     if lambda_distill or lambda_logit:
@@ -56,7 +67,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
             teacher_hidden = teacher_states.take()
     losses = {}
     full_logits = None
-    for width in (sorted(widths, reverse=True) if inplace_weight else widths):
+    order = sorted(widths) if last_backward else sorted(widths, reverse=True) if inplace_weight else list(widths)
+    for i, width in enumerate(order):
         with phase(f"width {width}"):
             supernet.set_width(width)
             with _masking(padding, batch):
@@ -70,7 +82,8 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
                 terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]
             elif inplace_weight:
                 full_logits = logits.detach()
-            backward(terms["loss"])  # (scaled under fp16)
+            with _last(last_backward) if i == len(order) - 1 else _NULL_CONTEXT:
+                backward(terms["loss"])  # (scaled under fp16)
             losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses
 
@@ -92,7 +105,8 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                depths: Sequence[float], lambda_distill: float, lambda_logit: float, regression: bool,
                lambda_task: float = 0.0, backward: Callable = _backward,
                phase: Optional[Callable[[str], ContextManager]] = None,
-               padding: Optional[PaddingGradients] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
+               padding: Optional[PaddingGradients] = None,
+               last_backward: Optional[Callable[[], ContextManager]] = None) -> Dict[str, Dict[str, paddle.Tensor]]:
     """Forward and backward of every (width, depth); gradients accumulate, the caller reduces and steps once.
 
     The teacher (the width supernet, frozen, full depth) runs once per width under no_grad, at that width.
@@ -100,21 +114,25 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
     (L121-127), but never sets the teacher's width_mult, so its teacher is always the full-width model;
     we follow the intent (``hidden_max_all[width_idx]``: the teacher at the student's width). Width is the
     outer loop here so only one teacher output is alive at a time; the accumulated sum is the same.
-    With both distillation weights 0 the teacher does not run (only the labels train)."""
+    With both distillation weights 0 the teacher does not run (only the labels train). ``last_backward``:
+    widths and depths run from the smallest up, and the full network's backward runs inside it."""
     phase = phase or (lambda name: _NULL_CONTEXT)
     distilling = bool(lambda_distill or lambda_logit)
     teacher_logits = teacher_hidden = None
     layers = student.shape["layers"]
     losses = {}
     try:
-        for width in widths:
+        widths = sorted(widths) if last_backward else widths
+        depths = sorted(depths) if last_backward else depths
+        for wi, width in enumerate(widths):
             if distilling:
                 with phase(f"teacher {width}"), paddle.no_grad():
                     teacher.set_width(width)
                     teacher_logits = forward(teacher, batch)
                     teacher_hidden = teacher_states.take()
             student.set_width(width)
-            for depth in depths:
+            for di, depth in enumerate(depths):
+                last = wi == len(widths) - 1 and di == len(depths) - 1
                 with phase(f"width {width} depth {depth}"):
                     student.set_depth(depth)
                     with _masking(padding, batch):
@@ -124,7 +142,8 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                                          attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
                                          lambda_distill=lambda_distill, lambda_logit=lambda_logit,
                                          regression=regression, labels=batch["labels"], lambda_task=lambda_task)
-                    backward(terms["loss"])
+                    with _last(last_backward) if last else _NULL_CONTEXT:
+                        backward(terms["loss"])
                     losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
     finally:
         student.set_depth(1.0)

@@ -26,7 +26,7 @@ from dynabert.stages.common import seed_everything  # noqa: E402
 from dynabert.stages.compress import importance_and_reorder  # noqa: E402
 from dynabert.stages.prepare import prepare_data  # noqa: E402
 from dynabert.train.evaluation import metrics_on  # noqa: E402
-from dynabert.train.loop import LoopSettings, losses_to_floats, train  # noqa: E402
+from dynabert.train.loop import LoopSettings, gradient_buckets, losses_to_floats, train  # noqa: E402
 from dynabert.train.run_log import RunLog  # noqa: E402
 from dynabert.train.step import supernet_step  # noqa: E402
 from launcher.config import load_config  # noqa: E402
@@ -74,13 +74,16 @@ def main():
     reps = []
 
     poison = os.environ.get("PROBE_NAN_ON_RANK1_AT_CALL")  # 1-based step_fn call to poison on rank 1
+    named_params = list(supernet.model.named_parameters())
+    overlap = gradient_buckets(comms, named_params, cfg.compress.optim)  # as the compress stage does
 
     def step_fn(batch):
         if poison and comms.rank == 1 and len(reps) + 1 == int(poison):
             batch = {**batch, "attention_mask": batch["attention_mask"] * float("nan")}
         losses = losses_to_floats(supernet_step(supernet, student_states, teacher, teacher_states, batch,
                                                 supernet.widths, cfg.compress.lambda_distill,
-                                                cfg.compress.lambda_logit, data.regression))
+                                                cfg.compress.lambda_logit, data.regression,
+                                                last_backward=overlap and overlap.armed))
         reps.append({k: v for k, v in losses.items() if k.endswith("/rep")})
         return losses
 
@@ -90,12 +93,13 @@ def main():
     supernet.train()
     settings = LoopSettings(tag="compress", seed=cfg.run.seed, log_every=1, show_progress=False,
                             on_nonfinite=cfg.run.on_nonfinite)
-    outcome = train(step_fn, named_params=list(supernet.model.named_parameters()), optim=cfg.compress.optim,
-                    batches=batches, comms=comms, log=log, settings=settings)
+    outcome = train(step_fn, named_params=named_params, optim=cfg.compress.optim,
+                    batches=batches, comms=comms, log=log, settings=settings, overlap=overlap)
     report["steps"] = outcome.steps
     report["skipped_steps"] = outcome.skipped_steps
     report["all_reduce_calls"] = getattr(comms, "all_reduce_calls", 0) - calls_before[0]
     report["all_reduce_bytes"] = getattr(comms, "all_reduce_bytes", 0) - calls_before[1]
+    report["all_reduce_buckets"] = getattr(comms, "all_reduce_buckets", 0)
     report["param_bytes"] = sum(int(p.numel()) * p.element_size() for p in supernet.parameters())
     report["losses"] = outcome.losses
     report["local_reps"] = reps
