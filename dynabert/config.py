@@ -158,6 +158,10 @@ class CompressConfig:
     # every exported width from that supernet (DynaBERT's promise). "per_width": each width keeps its own
     # best step (the widths may then come from different supernets).
     select: str = "supernet"
+    # Which widths each step trains: "all" (DynaBERT, the tutorial) or "sandwich" (BigNAS/OFA: the widest, the
+    # narrowest and ``sandwich_random`` others drawn per step from (run.seed, step), the same on every rank).
+    width_sampling: str = "all"
+    sandwich_random: int = 1
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3.0, learning_rate=2e-5))
 
 
@@ -318,6 +322,13 @@ def validate(cfg: "Config") -> None:
     _check(cfg.data.validation_rows >= 1, "data.validation_rows", f"must be >= 1, got {cfg.data.validation_rows}")
     _check(cfg.compress.select in ("supernet", "per_width"), "compress.select",
            f"must be 'supernet' or 'per_width', got {cfg.compress.select!r}")
+    _check(cfg.compress.width_sampling in ("all", "sandwich"), "compress.width_sampling",
+           f"must be 'all' or 'sandwich', got {cfg.compress.width_sampling!r}")
+    middle = max(0, len(cfg.compress.widths) - 2)  # the widths between the widest and the narrowest
+    if cfg.compress.width_sampling == "sandwich" or cfg.compress.sandwich_random < 0:
+        _check(0 <= cfg.compress.sandwich_random <= middle, "compress.sandwich_random",
+               f"must be between 0 and {middle} (the widths between the widest and the narrowest), "
+               f"got {cfg.compress.sandwich_random}")
     _check(cfg.run.max_consecutive_skips >= 1, "run.max_consecutive_skips", "must be >= 1")
     for key in ("train_limit", "dev_limit"):
         value = getattr(cfg.data, key)

@@ -24,7 +24,7 @@ def _run(model, poison_step, on_nonfinite):
     """Train 4 steps; the loss of step ``poison_step`` (1-based) is multiplied by NaN."""
     calls = {"n": 0}
 
-    def step_fn(batch):
+    def step_fn(batch, step):
         calls["n"] += 1
         terms = finetune_step_poisoned(model, batch, poison=calls["n"] == poison_step)
         return terms

@@ -96,7 +96,8 @@ def test_one_host_sync_per_step_outside_logging_steps(monkeypatch):
 
         monkeypatch.setattr(paddle.Tensor, name, counting)
     batches = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)
-    result = train(lambda b: finetune_step(model, b, regression=False), named_params=list(model.named_parameters()),
+    result = train(lambda b, step: finetune_step(model, b, regression=False),
+                   named_params=list(model.named_parameters()),
                    optim=OptimConfig(epochs=1, batch_size=16, learning_rate=1e-3), batches=batches,
                    comms=SingleProcess(), log=RunLog("", enabled=False),
                    settings=LoopSettings(tag="t", seed=0, log_every=100, show_progress=False))
@@ -180,7 +181,7 @@ def test_a_checkpoint_at_an_epochs_last_step_holds_that_epochs_evaluation(tmp_pa
         hooks = LoopHooks(evaluate=evaluated.append, checkpointer=saver,
                           checkpoint_state=lambda: {"evaluated": list(evaluated)})
         batches = GlobalBatches(FEATURES, 16, seed=0, rank=0, world_size=1, pad_token_id=0)  # 4 steps an epoch
-        train(lambda b: finetune_step(model, b, regression=False), named_params=list(model.named_parameters()),
+        train(lambda b, step: finetune_step(model, b, regression=False), named_params=list(model.named_parameters()),
               optim=OptimConfig(epochs=2, batch_size=16, learning_rate=1e-3, eval_every=0), batches=batches,
               comms=SingleProcess(), log=RunLog("", enabled=False), hooks=hooks, resume=resume,
               settings=LoopSettings(tag="t", seed=0, log_every=100, show_progress=False))

@@ -28,7 +28,7 @@ from dynabert.train.losses import task_loss
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_free_space, check_vocabulary
 from dynabert.train.stage_state import checkpointer, resume_from
-from dynabert.train.step import supernet_step
+from dynabert.train.step import supernet_step, widths_for_step
 
 NAME = "compress"
 
@@ -104,8 +104,10 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     named_params = list(supernet.model.named_parameters())
     overlap = gradient_buckets(comms, named_params, ccfg.optim)
 
-    def step_fn(batch):
-        return supernet_step(supernet, student_states, teacher, teacher_states, batch, supernet.widths,
+    def step_fn(batch, step):
+        widths = widths_for_step(supernet.widths, sampling=ccfg.width_sampling, random_widths=ccfg.sandwich_random,
+                                 seed=cfg.run.seed, step=step)
+        return supernet_step(supernet, student_states, teacher, teacher_states, batch, widths,
                              ccfg.lambda_distill, ccfg.lambda_logit, data.regression, precision.backward,
                              inplace_weight=ccfg.inplace_distill, lambda_task=ccfg.lambda_task, padding=padding,
                              last_backward=overlap and overlap.armed)

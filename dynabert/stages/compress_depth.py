@@ -120,7 +120,7 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     named_params = student.named_parameters()
     overlap = gradient_buckets(comms, named_params, ccfg.optim)
 
-    def step_fn(batch):
+    def step_fn(batch, step):  # every width at every depth (compress.width_sampling is the width stage's)
         return depth_step(student, student_states, teacher, teacher_states, batch, widths=student.widths,
                           depths=student.depths, lambda_distill=ccfg.lambda_distill, lambda_logit=ccfg.lambda_logit,
                           regression=data.regression, lambda_task=ccfg.lambda_task, backward=precision.backward,

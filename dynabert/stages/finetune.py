@@ -55,7 +55,7 @@ def finetune(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     padding = PaddingGradients(model)
     named_params = list(model.named_parameters())
     overlap = gradient_buckets(comms, named_params, cfg.finetune)
-    outcome = train(lambda b: finetune_step(model, b, data.regression, precision.backward, padding=padding,
+    outcome = train(lambda b, step: finetune_step(model, b, data.regression, precision.backward, padding=padding,
                                             last_backward=overlap and overlap.armed),
                     named_params=named_params, optim=cfg.finetune, batches=batches,
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),

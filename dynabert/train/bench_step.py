@@ -35,7 +35,7 @@ from dynabert.model.pretrained import model_source, tokenizer_of
 from dynabert.model.supernet import Supernet, check_widths
 from dynabert.train.loop import Optimization, gradient_buckets, step_seed
 from dynabert.train.precision import Precision
-from dynabert.train.step import supernet_step
+from dynabert.train.step import supernet_step, widths_for_step
 
 ALL_REDUCE, OPTIMIZER = "all-reduce", "optimizer"
 
@@ -177,11 +177,17 @@ class CompressStep:
         self.supernet.train()
         self.shape, self.num_classes = self.supernet.shape, int(teacher.config.num_labels or 1)
 
-    def flops(self, batch: Dict[str, np.ndarray]) -> int:
-        """The model FLOPs of one step on this rank's ``batch`` (dynabert/model/flops.py)."""
+    def widths_at(self, index: int) -> Tuple[float, ...]:
+        """The widths step ``index`` trains (``compress.width_sampling``), as the compress stage draws them."""
+        ccfg = self.cfg.compress
+        return widths_for_step(self.supernet.widths, sampling=ccfg.width_sampling, random_widths=ccfg.sandwich_random,
+                               seed=self.cfg.run.seed, step=index)
+
+    def flops(self, batch: Dict[str, np.ndarray], index: int = 0) -> int:
+        """The model FLOPs of step ``index`` on this rank's ``batch`` (dynabert/model/flops.py)."""
         ccfg = self.cfg.compress
         rows, seq_len = batch["input_ids"].shape
-        return compress_step_flops(self.shape, widths=self.supernet.widths, batch=int(rows), seq_len=int(seq_len),
+        return compress_step_flops(self.shape, widths=self.widths_at(index), batch=int(rows), seq_len=int(seq_len),
                                    num_classes=self.num_classes,
                                    teacher_runs=bool(ccfg.lambda_distill or ccfg.lambda_logit))
 
@@ -192,7 +198,7 @@ class CompressStep:
         paddle.seed(step_seed(self.cfg.run.seed, self.comms.rank, index))
         with self.precision.autocast():
             return supernet_step(self.supernet, self.student_states, self.teacher, self.teacher_states, batch,
-                                 self.supernet.widths, ccfg.lambda_distill, ccfg.lambda_logit, self.regression,
+                                 self.widths_at(index), ccfg.lambda_distill, ccfg.lambda_logit, self.regression,
                                  self.precision.backward, phase=self.timer, inplace_weight=ccfg.inplace_distill,
                                  lambda_task=ccfg.lambda_task, padding=self.padding,
                                  last_backward=self.overlap and self.overlap.armed)
@@ -225,7 +231,7 @@ def measure(step: Callable[[Dict[str, np.ndarray], int], Dict[str, float]],
             batches: Iterator[Dict[str, np.ndarray]], *, warmup: int, steps: int,
             sync: Optional[Callable[[], None]] = None, barrier: Callable[[], None] = lambda: None,
             on_step: Callable[[int, float], None] = lambda i, s: None,
-            flops: Callable[[Dict[str, np.ndarray]], int] = lambda batch: 0) -> List[StepRecord]:
+            flops: Callable[[Dict[str, np.ndarray], int], int] = lambda batch, index: 0) -> List[StepRecord]:
     """``warmup`` untimed steps, a barrier (the ranks start the timed steps together), then ``steps``
     timed ones; each timed from before its host-to-device copy to after the optimizer, as the loop does."""
     sync = sync or (lambda: None)
@@ -243,7 +249,7 @@ def measure(step: Callable[[Dict[str, np.ndarray], int], Dict[str, float]],
         if index >= warmup:
             mask = batch["attention_mask"]
             records.append(StepRecord(seconds, phases, int(mask.shape[0]), int(mask.sum()), int(mask.size),
-                                      flops(batch)))
+                                      flops(batch, index)))
     return records
 
 

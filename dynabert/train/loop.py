@@ -185,12 +185,13 @@ class Optimization:
         return finite
 
 
-def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]], *,
+def train(step_fn: Callable[[Dict[str, paddle.Tensor], int], Dict[str, paddle.Tensor]], *,
           named_params: Sequence[Tuple[str, paddle.Tensor]], optim: OptimConfig, batches: GlobalBatches,
           comms: Collectives, log: RunLog, settings: LoopSettings, hooks: Optional[LoopHooks] = None,
           resume: Optional[Resume] = None, precision: Optional[Precision] = None,
           overlap: Optional[GradientBuckets] = None) -> TrainResult:
-    """``step_fn(batch)`` runs forward and backward and returns its loss terms as tensors (flat, or
+    """``step_fn(batch, step)`` runs forward and backward (``step``: the 0-based optimizer step, agreed by every
+    rank) and returns its loss terms as tensors (flat, or
     {width: {term: tensor}}); they become floats only on logging steps."""
     hooks = hooks or LoopHooks()
     tag = settings.tag
@@ -216,7 +217,7 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor]], Dict[str, paddle.Tensor]
             start = time.perf_counter()
             paddle.seed(step_seed(settings.seed, comms.rank, pos.step))
             with precision.autocast():
-                losses = step_fn(to_tensors(batch))    # forward + backward of every width
+                losses = step_fn(to_tensors(batch), pos.step)  # forward + backward of every width
             finite = opt.apply(opt.reduce())
             skips.record(finite, pos.step + 1)
             if not finite:

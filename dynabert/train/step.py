@@ -4,8 +4,9 @@ The depth stage's step (every width at every depth) follows the width stage's. N
 communication, no logging here: the loop (``dynabert/train/loop.py``) owns those.
 """
 import contextlib
-from typing import Callable, ContextManager, Dict, Optional, Sequence
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import paddle
 
 from dynabert.model.depth import DepthSupernet, teacher_hidden_indices
@@ -16,6 +17,19 @@ from dynabert.train.losses import distill_loss, logit_loss, task_loss
 
 def _backward(loss: paddle.Tensor) -> None:
     loss.backward()
+
+
+def widths_for_step(widths: Sequence[float], *, sampling: str, random_widths: int, seed: int,
+                    step: int) -> Tuple[float, ...]:
+    """The widths one step trains, widest first. "all": every width. "sandwich" (BigNAS, OFA): the widest,
+    the narrowest, and ``random_widths`` of the others drawn without replacement from (seed, step) alone, so
+    every rank draws the same ones and a resumed run draws what the uninterrupted one did."""
+    ordered = sorted(widths, reverse=True)
+    if sampling == "all" or len(ordered) <= 2:
+        return tuple(ordered)
+    middle = ordered[1:-1]
+    picked = np.random.default_rng([seed, step]).choice(len(middle), size=random_widths, replace=False)
+    return tuple(sorted([ordered[0], ordered[-1], *(middle[i] for i in picked)], reverse=True))
 
 
 def _masking(padding: Optional[PaddingGradients], batch) -> ContextManager:

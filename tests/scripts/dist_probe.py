@@ -77,7 +77,7 @@ def main():
     named_params = list(supernet.model.named_parameters())
     overlap = gradient_buckets(comms, named_params, cfg.compress.optim)  # as the compress stage does
 
-    def step_fn(batch):
+    def step_fn(batch, step):
         if poison and comms.rank == 1 and len(reps) + 1 == int(poison):
             batch = {**batch, "attention_mask": batch["attention_mask"] * float("nan")}
         losses = losses_to_floats(supernet_step(supernet, student_states, teacher, teacher_states, batch,
