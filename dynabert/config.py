@@ -132,6 +132,10 @@ class OptimConfig:
     # one process to matter; gains only where communication runs beside compute (NCCL on GPUs).
     overlap_allreduce: bool = False
     allreduce_bucket_mb: float = 25.0
+    # compress stages: stop once the narrowest sub-model's selection metric has not improved for this many
+    # evaluations in a row (0: never stop early). The epochs (or max_steps) are the cap, and the learning-rate
+    # schedule spans the cap: raise them to give the small widths room, patience ends the run when they flatten.
+    patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,9 @@ def _check_optim(o: OptimConfig, prefix: str) -> None:
     _check(o.allreduce_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.allreduce_dtype",
            f"must be fp32, bf16 or fp16, got {o.allreduce_dtype!r}")
     _check(o.allreduce_bucket_mb > 0, f"{prefix}.allreduce_bucket_mb", f"must be > 0, got {o.allreduce_bucket_mb}")
+    _check(o.patience >= 0, f"{prefix}.patience", f"must be >= 0 (0: never stop early), got {o.patience}")
+    _check(prefix != "finetune" or o.patience == 0, f"{prefix}.patience",
+           "is for the compress stages (the narrowest sub-model's metric); the teacher keeps its best evaluation")
 
 
 def _check_widths(widths, key: str, require_full: bool) -> None:

@@ -151,6 +151,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("oops", "--set oops: expected section.key=value"),
     ("compress.optim.allreduce_dtype=int8", "compress.optim.allreduce_dtype: must be fp32, bf16 or fp16"),
     ("finetune.allreduce_bucket_mb=0", "finetune.allreduce_bucket_mb: must be > 0"),
+    ("compress.optim.patience=-1", "compress.optim.patience: must be >= 0"),
+    ("finetune.patience=3", "finetune.patience: is for the compress stages"),
 ])
 def test_bad_values_name_the_dotted_key(override, needle):
     with pytest.raises(UserError) as e:

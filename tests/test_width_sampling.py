@@ -63,3 +63,37 @@ def test_the_compress_stage_trains_the_drawn_widths_each_step(tiny_model_dir, tm
         trained = sorted({float(k[1:].split("/")[0]) for k in r if k.startswith("w") and "/" in k}, reverse=True)
         assert tuple(trained) == widths_for_step(WIDTHS, sampling="sandwich", random_widths=1, seed=5,
                                                  step=r["step"] - 1)
+
+
+def _tiny_compress(tiny_model_dir, out, *extra):
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
+        f"model.name_or_path={tiny_model_dir}", f"run.out_dir={out}", "run.stages=[finetune,compress]",
+        "finetune.max_steps=4", "data.train_limit=600", "data.validation_rows=100", "data.dev_limit=50",
+        "compress.optim.epochs=10", "compress.optim.max_steps=60", "compress.optim.eval_every=2",
+        "run.log_every=1", *extra])
+    result = run(cfg, SingleProcess())
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    evals = [(r["step"], r["accuracy"]) for r in rows if r.get("kind") == "compress_eval/w0.25"]
+    return result, [r["step"] for r in rows if r.get("kind") == "compress"], evals
+
+
+def test_patience_stops_when_the_narrowest_width_stops_improving(tiny_model_dir, tmp_path):
+    """compress.optim.patience 2: training ends at the first evaluation that makes two in a row without a
+    new best for width 0.25; without patience the same run goes on to the cap."""
+    _, steps, evals = _tiny_compress(tiny_model_dir, tmp_path / "patience", "compress.optim.patience=2")
+    _, all_steps, all_evals = _tiny_compress(tiny_model_dir, tmp_path / "cap")
+    assert all_steps[-1] == 60
+    stop = steps[-1]
+    assert evals[-1][0] == stop  # the last step trained is the evaluation that decided
+    assert stop < 60, "the narrowest width improved at every evaluation: nothing to test"
+    assert evals == all_evals[:len(evals)]  # the same run up to the stop
+    best, since, first_stop = None, 0, None
+    for step, acc in all_evals:  # the rule, replayed on the uninterrupted run's evaluations
+        if best is None or acc > best:
+            best, since = acc, 0
+        else:
+            since += 1
+        if since >= 2:
+            first_stop = step
+            break
+    assert stop == first_stop

@@ -84,7 +84,8 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
 
     keeper = BestKeeper(ctx, supernet=supernet, root=ctx.path(NAME, "best"), entries="widths",
                         name_of=lambda w: f"{w:g}", save_models=save_widths,
-                        state=checkpoint.extra["best"] if checkpoint else None)
+                        state=checkpoint.extra["best"] if checkpoint else None,
+                        narrowest=min(supernet.widths), patience=ccfg.optim.patience)
 
     def on_eval(step: int) -> None:
         supernet.eval()
@@ -118,6 +119,6 @@ def compress(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     outcome = train(step_fn, named_params=named_params, optim=ccfg.optim,
                     batches=training_batches(ctx), comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=saver,
-                                    checkpoint_state=lambda: {"best": keeper.state}),
+                                    checkpoint_state=lambda: {"best": keeper.state}, stop=keeper.patience_exhausted),
                     resume=resume_from(checkpoint), precision=precision, overlap=overlap)
     return finish_training(ctx, NAME, supernet, outcome, keeper, (student_states, teacher_states))

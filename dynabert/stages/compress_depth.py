@@ -97,7 +97,8 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
 
     keeper = BestKeeper(ctx, supernet=student, root=ctx.path(NAME, "best"), entries="models",
                         name_of=lambda pair: sub_key(*pair), save_models=save_pairs,
-                        state=checkpoint.extra["best"] if checkpoint else None)
+                        state=checkpoint.extra["best"] if checkpoint else None,
+                        narrowest=(min(student.widths), min(student.depths)), patience=ccfg.optim.patience)
 
     def on_eval(step: int) -> None:
         student.eval()
@@ -130,7 +131,7 @@ def compress_depth(ctx: StageContext, checkpoint: Optional[Checkpoint]) -> dict:
     outcome = train(step_fn, named_params=named_params, optim=ccfg.optim, batches=training_batches(ctx),
                     comms=comms, log=log, settings=ctx.loop_settings(NAME),
                     hooks=LoopHooks(evaluate=on_eval, checkpointer=checkpointer(cfg, NAME, comms, log.info),
-                                    checkpoint_state=lambda: {"best": keeper.state}),
+                                    checkpoint_state=lambda: {"best": keeper.state}, stop=keeper.patience_exhausted),
                     resume=resume_from(checkpoint), precision=precision, overlap=overlap)
     return finish_training(ctx, NAME, student, outcome, keeper, (student_states, teacher_states))
 

@@ -23,8 +23,10 @@ class BestKeeper:
     {name_of(key): metrics + step}}, ``entries`` being "widths" (width stage) or "models" (depth stage)."""
 
     def __init__(self, ctx: StageContext, *, supernet, root: str, entries: str, name_of: Callable[[Hashable], str],
-                 save_models: Callable[[List[Hashable]], None], state: Optional[dict]):
+                 save_models: Callable[[List[Hashable]], None], state: Optional[dict],
+                 narrowest: Optional[Hashable] = None, patience: int = 0):
         self.ctx, self.supernet, self.root = ctx, supernet, root
+        self.narrowest, self.patience = narrowest, patience
         self.entries, self.name_of, self.save_models = entries, name_of, save_models
         self.select = ctx.cfg.compress.select
         self.metric = main_metric_name(ctx.data.spec)
@@ -34,6 +36,14 @@ class BestKeeper:
         recent = self.state.setdefault("recent", {})  # each sub-model's last two evaluations, for still_rising
         for k, r in results.items():
             recent[self.name_of(k)] = (recent.get(self.name_of(k), []) + [r[self.metric]])[-2:]
+        if self.narrowest in results:  # patience: evaluations since the narrowest sub-model last improved
+            track = self.state.setdefault("narrowest", {"best": None, "since": 0})
+            value = results[self.narrowest][self.metric]
+            best = None if track["best"] is None else {self.metric: track["best"]}
+            if improves({self.metric: value}, best, self.metric):
+                track.update(best=value, since=0)
+            else:
+                track["since"] += 1
         kept = self.state[self.entries]
         if self.select == "per_width":
             better = [k for k, r in results.items() if improves(r, kept.get(self.name_of(k)), self.metric)]
@@ -48,6 +58,15 @@ class BestKeeper:
         if self.select == "supernet":
             self.state.update(step=step, mean=mean)
         self.ctx.comms.run_on_main(lambda: self._save(better))
+
+    def patience_exhausted(self) -> Optional[str]:
+        """``compress.optim.patience`` evaluations in a row without the narrowest sub-model improving: why to
+        stop (``LoopHooks.stop``), else None."""
+        track = self.state.get("narrowest")
+        if not self.patience or not track or track["since"] < self.patience:
+            return None
+        return (f"{self.name_of(self.narrowest)}'s {self.metric} has not improved on {track['best']:.4f} for "
+                f"{track['since']} evaluations (compress.optim.patience {self.patience})")
 
     def still_rising(self) -> List[tuple]:
         """(name, previous, last) of every sub-model whose selection metric rose at the last evaluation:
@@ -84,4 +103,5 @@ def finish_training(ctx: StageContext, name: str, supernet, outcome: TrainResult
                      "compress.optim.learning_rate (docs/recipe.md) or more compress.optim.epochs")
     speed = global_throughput(outcome.throughput, ctx.comms)
     ctx.log.info(f"{name}: {speed['samples_per_s']:.1f} samples/s, {speed['tokens_per_s']:.0f} tokens/s (global)")
-    return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps}
+    return {"best": keeper.state, "throughput": speed, "skipped_steps": outcome.skipped_steps,
+            "stopped_early_at_step": outcome.stopped_early}

@@ -56,6 +56,7 @@ class TrainResult:
     losses: List[Dict[str, float]] = field(default_factory=list)  # global means, on logging steps
     throughput: Throughput = field(default_factory=Throughput)
     skipped_steps: int = 0
+    stopped_early: Optional[int] = None  # the step at which LoopHooks.stop ended training
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class LoopHooks:
     evaluate: Callable[[int], None] = lambda step: None
     checkpointer: Optional[Checkpointer] = None
     checkpoint_state: Callable[[], dict] = dict  # the stage's own state (best-so-far) saved with a checkpoint
+    # After each evaluation: a reason to end training now (every rank holds the same metrics, so every rank
+    # reaches the same answer), or None to go on.
+    stop: Callable[[], Optional[str]] = lambda: None
 
 
 @dataclass
@@ -212,7 +216,7 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor], int], Dict[str, paddle.Te
     last_eval = pos.step if resume is not None else -1
     log.info(f"{tag}: {steps} steps, {len(batches)} per epoch, global batch {batches.global_batch} "
              f"({batches.local_batch} per rank x {comms.world_size})")
-    while pos.step < steps:
+    while pos.step < steps and result.stopped_early is None:
         for batch in batches.epoch(pos.epoch, start_step=pos.step_in_epoch):
             start = time.perf_counter()
             paddle.seed(step_seed(settings.seed, comms.rank, pos.step))
@@ -245,6 +249,11 @@ def train(step_fn: Callable[[Dict[str, paddle.Tensor], int], Dict[str, paddle.Te
             if (optim.eval_every and pos.step % optim.eval_every == 0) or (epoch_end and not optim.eval_every):
                 hooks.evaluate(pos.step)
                 last_eval = pos.step
+                reason = hooks.stop()
+                if reason:
+                    log.info(f"{tag}: stopping at step {pos.step} of {steps}: {reason}")
+                    result.stopped_early = pos.step
+                    break
             saver = hooks.checkpointer
             if saver is not None and saver.enabled and pos.step < steps and saver.due(pos.step, comms):
                 _checkpoint(saver, Position(**vars(pos)), named_params=named_params, opt=opt, hooks=hooks,
