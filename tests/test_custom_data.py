@@ -4,6 +4,7 @@ metric's positive class, the corpus cache, and two whole runs through the worker
 model -- a JSON-lines pair task with string labels and a CSV regression task -- followed by select and predict.
 """
 import csv
+import glob
 import io
 import json
 import os
@@ -265,10 +266,10 @@ def test_a_jsonl_pair_task_with_string_labels_runs_selects_and_predicts(run_work
     code, err = run_worker(*_run_args(tiny_model_dir, out, train, eval_, *PAIR_SETTINGS))
     assert code == 0, err
     # the labels, read right: the cache holds each row's index into the label set, in file order
-    dev = open_cache(str(out / "cache" / "custom.dev"))
+    dev = open_cache(_cache(out, "dev"))
     assert dev.labels.tolist() == [PAIR_LABELS.index(r["relation"]) for r in rows["eval.jsonl"]]
     assert 0 < dev.labels.sum() < len(dev)  # both labels occur
-    assert len(open_cache(str(out / "cache" / "custom.train"))) == len(rows["train.jsonl"]) == 150
+    assert len(open_cache(_cache(out, "train"))) == len(rows["train.jsonl"]) == 150
     assert "30 training rows held out for validation" in run_worker.out  # the honest carve, as on GLUE
     results = json.loads((out / "results.json").read_text())
     assert (results["task"], results["metric"], results["labels"]) == ("custom", "f1", PAIR_LABELS)
@@ -326,7 +327,7 @@ def test_a_csv_regression_task_runs_and_predicts_scores(run_worker, tiny_model_d
                                       "--set", "data.custom.text_column=review", "--set",
                                       "data.custom.label_column=stars", "--set", "data.custom.regression=true"))
     assert code == 0, err
-    dev = open_cache(str(out / "cache" / "custom.dev"))
+    dev = open_cache(_cache(out, "dev"))
     assert dev.is_regression and dev.labels.tolist() == [float(r[2]) for r in files["eval.csv"]]
     assert dev[1].input_ids == tokenizer(files["eval.csv"][1][1], max_length=32, truncation=True)["input_ids"]
     results = json.loads((out / "results.json").read_text())
@@ -342,8 +343,16 @@ def test_a_csv_regression_task_runs_and_predicts_scores(run_worker, tiny_model_d
     assert np.all(np.isfinite(scores)) and len(set(scores)) > 1
 
 
+def _cache(out, split):
+    """The run's one custom-data cache of ``split`` (named custom-<digest of its settings and files>.<split>)."""
+    found = glob.glob(str(out / "cache" / f"custom-*.{split}"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_the_cache_is_rebuilt_when_the_label_set_is_reordered(tiny_model_dir, pair_files, tmp_path):
-    """Same file bytes, other label order: other label ids. The cache's fingerprint holds the label set."""
+    """Same file bytes, other label order: other label ids. The label set is part of the cache's name and
+    fingerprint, so each order has its own cache and going back reuses the first."""
     from dynabert.data.task_data import load_task_data
     from dynabert.model.pretrained import load_tokenizer
 
@@ -361,10 +370,34 @@ def test_the_cache_is_rebuilt_when_the_label_set_is_reordered(tiny_model_dir, pa
     first = dev_labels("[different, same]")
     assert first == [PAIR_LABELS.index(r["relation"]) for r in rows["eval.jsonl"]]
     assert dev_labels("[same, different]") == [1 - x for x in first]
-    assert any("custom.dev: building (task" in line for line in logs), logs
+    assert sum(".dev: building (" in line for line in logs) == 2, logs
     logs.clear()
     assert dev_labels("[same, different]") == [1 - x for x in first]
-    assert not any("building" in line for line in logs)  # unchanged: reused
+    assert dev_labels("[different, same]") == first
+    assert not any("building" in line for line in logs)  # both kept: reused
+
+
+def test_two_custom_datasets_share_a_cache_dir_without_rebuilding_each_other(tiny_model_dir, tmp_path):
+    from dynabert.data.task_data import load_task_data
+    from dynabert.model.pretrained import load_tokenizer
+
+    tokenizer, logs = load_tokenizer(tiny_model_dir), []
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{name} row {i},{'pos' if i % 2 else 'neg'}\n"
+                                                                       for i in range(20)))
+
+    def dev_texts(name):
+        cfg = load_config(TINY, [f"run.out_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'shared'}",
+                                 "data.task=custom", f"data.custom.train_file={tmp_path / name}.csv",
+                                 f"data.custom.eval_file={tmp_path / name}.csv", "data.custom.labels=[neg, pos]",
+                                 "data.dev_limit=null"])
+        return len(load_task_data(cfg, tokenizer, needs_train=False, log=logs.append).dev)
+
+    assert dev_texts("a") == dev_texts("b") == 20
+    assert sum("building" in line for line in logs) == 2
+    logs.clear()
+    assert dev_texts("a") == 20 and dev_texts("b") == 20
+    assert not any("building" in line for line in logs), logs
 
 
 # ------------------------------------------------------------------ malformed rows through the worker

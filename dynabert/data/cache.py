@@ -92,7 +92,7 @@ def prepare(task, split: str, source, *, tokenizer, max_seq_len: int, cache_dir,
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"corpus cache directory {cache_dir}: cannot create it: {e.strerror or e}") from None
-    target = os.path.join(os.path.abspath(os.fspath(cache_dir)), name or f"{spec.name}.{split}")
+    target = os.path.join(os.path.abspath(os.fspath(cache_dir)), name or f"{spec.cache_prefix}.{split}")
     lock_path = target + ".lock"
     if not verify:
         with _FileLock(lock_path, exclusive=False, log=log):

@@ -154,7 +154,7 @@ def load_augmented(cfg: Config, spec: TaskSpec, tokenizer, log: Callable[[str], 
         return encode(examples, tokenizer, cfg.data.max_seq_len)
     return corpus_cache.prepare(spec, "train", files[0], extra_files=files[1:], tokenizer=tokenizer,
                                 max_seq_len=cfg.data.max_seq_len, cache_dir=cache_dir(cfg), log=log,
-                                name=f"{spec.name}.augmented", verify=verify)
+                                name=f"{spec.cache_prefix}.augmented", verify=verify)
 
 
 def drop_variants_of_held_out(cfg: Config, spec: TaskSpec, augmented: Sequence, held: np.ndarray,
@@ -162,7 +162,7 @@ def drop_variants_of_held_out(cfg: Config, spec: TaskSpec, augmented: Sequence, 
     """The augmented rows not made from a held-out training row, when the files say which row each was made
     from (``source_row``, dynabert/data/augmented.py); all of them, with a warning, when they do not."""
     folder = cache_dir(cfg)
-    store = os.path.join(folder, f"{spec.name}.augmented.source_rows.npz") if os.path.isdir(folder) else None
+    store = os.path.join(folder, f"{spec.cache_prefix}.augmented.source_rows.npz") if os.path.isdir(folder) else None
     rows = source_rows(corpus_cache.expand_files(cfg.data.train_files), store)
     if rows is None:
         log("data: warning: data.train_files has no source_row column, so variants of the held-out validation "

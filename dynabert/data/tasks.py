@@ -4,6 +4,8 @@ Every reader, the cache and the metrics take a ``TaskSpec`` looked up once and p
 for a run (a GLUE task by name, or the user's own files, ``data.task: custom``, built from ``data.custom``),
 ``get_task(name)`` for a GLUE task.
 """
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -54,6 +56,16 @@ class TaskSpec:
         (output i is labels[i]; None: one regression output) and the main metric."""
         return {"name": self.name, "text_columns": [self.text_a, self.text_b],
                 "labels": None if self.labels is None else list(self.labels), "metric": self.main_metric}
+
+    @property
+    def cache_prefix(self) -> str:
+        """The corpus cache's directory names start with this: a GLUE task's name, or for custom data
+        "custom-" and 10 hex digits of its reading settings and files, so two datasets can share a cache_dir
+        without rebuilding each other's caches."""
+        if not self.is_custom:
+            return self.name
+        blob = json.dumps({"identity": self.identity(), "files": self.files}, sort_keys=True, default=str)
+        return f"custom-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def identity(self):
         """What decides the rows read from a file besides its bytes (the corpus cache fingerprints it): a
