@@ -16,7 +16,8 @@ dynabert/faults.py), so a few jobs cover the matrix:
 
 (r0/r1: the global rank that dies; on two nodes, rank r lives on node r, so the kill lands on each node
 in turn, and the nodes share no filesystem: each has its own run directory, and only rank 0's is written.)
-Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact.
+Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact. A third job pair
+runs the opt-in training options (sandwich sampling, patience, the bf16 and bucketed all-reduce) killed twice.
 """
 import json
 import os
@@ -160,3 +161,31 @@ def test_two_node_job_killed_on_each_node_in_turn_ends_as_the_uninterrupted_one(
     for written in ("checkpoints", "teacher", "compress", "compress_depth", "export", "results.json"):
         assert not os.path.exists(os.path.join(outs[1], written)), written
     assert os.path.isfile(os.path.join(outs[1], "logs", "node1", "workerlog.0"))
+
+
+# The opt-in training options of issues 27 and 28 together, through the same path: sandwich sampling (the draw
+# depends on the step), patience (its count is kept state), the bf16 all-reduce and the bucketed overlap.
+OPTIONS = ["compress.width_sampling=sandwich", "compress.widths=[1.0,0.75,0.5,0.25]", "compress.optim.patience=2",
+           "compress.optim.eval_every=5", "compress.optim.allreduce_dtype=bf16",
+           "compress.optim.overlap_allreduce=true", "compress.optim.allreduce_bucket_mb=0.002",
+           "run.stages=[finetune,compress,export]", "compress.depths=[1.0]"]
+OPTION_FAULTS = [dict(rank=1, stage="compress", step=7),    # mid-stage, between evaluations
+                 dict(rank=0, stage="compress", step=16)]   # right after checkpoint 16
+
+
+def test_the_opt_in_training_options_survive_kills_as_the_uninterrupted_job(tiny_model_dir, tmp_path):
+    straight_out, killed_out = str(tmp_path / "straight"), str(tmp_path / "killed")
+    _finish([launch(_args(tiny_model_dir, straight_out, *OPTIONS))], [straight_out])
+    log, = _finish([launch(_args(tiny_model_dir, killed_out, *OPTIONS), restarts=len(OPTION_FAULTS),
+                           env=_faults(tmp_path, OPTION_FAULTS))], [killed_out])
+    assert len(_fired(tmp_path, len(OPTION_FAULTS))) == len(OPTION_FAULTS)
+    assert log.count("restart ") == len(OPTION_FAULTS)
+    assert _results(killed_out, select=False) == _results(straight_out, select=False)
+    a, b = _exported(straight_out), _exported(killed_out)
+    assert sorted(a) == sorted(b) == ["width_0.25", "width_0.5", "width_0.75", "width_1"]
+    for name in a:
+        same_parameters(a[name], b[name])
+    rows = _metric_rows(killed_out)
+    assert rows == _metric_rows(straight_out)
+    trained = max(step for kind, step in rows if kind == "compress")
+    assert 16 < trained < 40 and f"compress: stopping at step {trained} of 40" in log  # patience, after both kills
