@@ -81,7 +81,12 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
             teacher_hidden = teacher_states.take()
     losses = {}
     full_logits = None
-    order = sorted(widths) if last_backward else sorted(widths, reverse=True) if inplace_weight else list(widths)
+    if last_backward:       # the widest last: its backward, the largest, overlaps the reduction
+        order = sorted(widths)
+    elif inplace_weight:    # the widest first: its logits are the others' targets
+        order = sorted(widths, reverse=True)
+    else:
+        order = list(widths)
     for i, width in enumerate(order):
         with phase(f"width {width}"):
             supernet.set_width(width)
