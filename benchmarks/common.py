@@ -3,6 +3,7 @@
 Nothing here imports paddle at module level: ``set_threads`` must run before the first ``import paddle``
 (Paddle reads OMP_NUM_THREADS / MKL_NUM_THREADS once, and ``import paddle`` sets OMP to 1 when unset).
 """
+import argparse
 import json
 import os
 import platform
@@ -19,6 +20,20 @@ from dynabert.machine import available_cpus, cpu_model  # noqa: F401  (shared: d
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def parser(prog: str, doc: str, *, batch: bool = False) -> argparse.ArgumentParser:
+    """The flags every single-process benchmark takes (--out, --smoke, --device, --threads); with ``batch``
+    also the step-time workload's --global-batch and --seq-len."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    if batch:
+        p.add_argument("--global-batch", type=int, default=32)
+        p.add_argument("--seq-len", type=int, default=64)
+    return p
 
 
 def set_threads(n: int) -> None:

@@ -7,7 +7,6 @@ Both use what the pipeline uses: ``dynabert.train.evaluation.evaluate`` (length-
 mask and FFN-neuron scores). The importance is then used to reorder the teacher, and the reordered weights
 are saved to FILE: the step-time, memory and latency benchmarks build both sides from them.
 """
-import argparse
 import os
 import sys
 
@@ -17,14 +16,10 @@ from benchmarks import common  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="benchmarks.importance_bench", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
+    p = common.parser("benchmarks.importance_bench", __doc__)
     p.add_argument("--save-state", required=True, help="where to write the reordered teacher weights")
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--eval-batch-size", type=int, default=64, help="the pipeline's run.eval_batch_size default")
     p.add_argument("--eval-repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 

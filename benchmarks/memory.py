@@ -9,7 +9,6 @@ Both sides hold one teacher and one student; on GPU also paddle's max allocated 
 project's step is ``dynabert.train.bench_step.CompressStep`` (the compress step and the trainer's Optimization).
 Writes ``memory_<side>.json``; run_all merges the two into memory.json/.md.
 """
-import argparse
 import os
 import sys
 
@@ -19,16 +18,10 @@ from benchmarks import common  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="benchmarks.memory", description=__doc__.splitlines()[0])
+    p = common.parser("benchmarks.memory", __doc__, batch=True)
     p.add_argument("--side", choices=("project", "reference"), required=True)
-    p.add_argument("--out", required=True)
     p.add_argument("--teacher-state", default=None)
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--global-batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 

@@ -14,7 +14,6 @@ round), so drift hits all four alike:
 
 The numbers of the four are the same to round-off (tests/test_cpu_kernels.py); only the time differs.
 """
-import argparse
 import os
 import sys
 
@@ -26,15 +25,9 @@ VARIANTS = {"before": (False, True), "padding": (True, True), "contiguous": (Fal
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="benchmarks.step_ablation", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
+    p = common.parser("benchmarks.step_ablation", __doc__, batch=True)
     p.add_argument("--teacher-state", default=None)
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--global-batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 

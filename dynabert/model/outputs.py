@@ -11,23 +11,41 @@ import paddle
 from dynabert.model.families import family_of
 
 
-class HiddenStates:
-    """Records the outputs of the embedding layer and of every transformer block of a model, in order.
+def _tensor(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
 
-    Forward post-hooks on the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop
-    firing once the model is wrapped (defect 6, docs/upstream-defects.md), these cannot."""
+
+class _OutputHooks:
+    """A forward post-hook, ``_on_output``, on the embeddings and on every block of ``model``, in order.
+
+    On the layer *objects*, not on sublayer names: OFA's name-keyed hooks stop firing once the model is
+    wrapped (defect 6, docs/upstream-defects.md), these cannot."""
 
     def __init__(self, model: paddle.nn.Layer):
         family = family_of(model)
         self._layers = [family.embeddings(model)] + family.blocks(model)
+        self._hooks = [layer.register_forward_post_hook(self._on_output) for layer in self._layers]
+
+    def _on_output(self, layer, inputs, output):
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+class HiddenStates(_OutputHooks):
+    """Records the outputs of the embedding layer and of every transformer block of a model, in order."""
+
+    def __init__(self, model: paddle.nn.Layer):
         self._outputs: List[paddle.Tensor] = []
         self._paused = False
-        self._hooks = [layer.register_forward_post_hook(self._record) for layer in self._layers]
+        super().__init__(model)
 
-    def _record(self, layer, inputs, output):
+    def _on_output(self, layer, inputs, output):
         if self._paused:
             return
-        self._outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+        self._outputs.append(_tensor(output))
 
     def take(self) -> List[paddle.Tensor]:
         out, self._outputs = self._outputs, []
@@ -44,12 +62,8 @@ class HiddenStates:
         finally:
             self._paused = False
 
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
 
-
-class PaddingGradients:
+class PaddingGradients(_OutputHooks):
     """Makes the gradient at padding positions exactly zero at the output of the embeddings and of every
     block of ``model``, inside ``with padding_gradients.of(batch):``.
 
@@ -62,13 +76,11 @@ class PaddingGradients:
     multiply per block output per backward. Forward values are untouched; evaluation (no_grad) skips it."""
 
     def __init__(self, model: paddle.nn.Layer):
-        family = family_of(model)
         self._weights = None
-        self._hooks = [layer.register_forward_post_hook(self._guard)
-                       for layer in [family.embeddings(model)] + family.blocks(model)]
+        super().__init__(model)
 
-    def _guard(self, layer, inputs, output):
-        out = output[0] if isinstance(output, (tuple, list)) else output
+    def _on_output(self, layer, inputs, output):
+        out = _tensor(output)
         if self._weights is not None and not out.stop_gradient:
             weights = self._weights
             out.register_hook(lambda grad: grad * weights.astype(grad.dtype))
@@ -81,10 +93,6 @@ class PaddingGradients:
             yield
         finally:
             self._weights = None
-
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
 
 
 def forward(model, batch: Dict[str, paddle.Tensor]) -> paddle.Tensor:
@@ -104,11 +112,11 @@ class KeptHiddenStates(HiddenStates):
         self.ran: List[int] = []
         super().__init__(model)  # must see the full depth: it hooks every block
 
-    def _record(self, layer, inputs, output):
+    def _on_output(self, layer, inputs, output):
         if self._paused:
             return
         self._sources.append(layer)
-        super()._record(layer, inputs, output)
+        super()._on_output(layer, inputs, output)
 
     def take(self) -> List[paddle.Tensor]:
         expected = [self._family.embeddings(self._model)] + self._family.blocks(self._model)
