@@ -102,10 +102,10 @@ def markdown(result: dict) -> str:
     lines += [common.md_table(["setting", "width", "n", "mean", "std", "min", "max", "Δ mean", "Δ std", "Δ min",
                                "Δ max"], long_rows), "", "Settings (every run pins the tutorial's weights first):", ""]
     lines += [f"- `{name}`: {s['what']}: `{json.dumps(s['changes'])}`" for name, s in agg["settings"].items()]
-    runs = [[r["setting"], r["seed"], r["compress_steps"], r["best_step"], _f(r["teacher"])]
+    runs = [[r["setting"], r["seed"], r["compress_steps"], r.get("passes", ""), r["best_step"], _f(r["teacher"])]
             + [_f(r["widths"].get(w)) for w in widths] + [round((r["seconds"] or {}).get("compress", 0))]
             for r in result["runs"]]
-    lines += ["", "Runs:", "", common.md_table(["setting", "seed", "steps", "kept step", "teacher"]
+    lines += ["", "Runs:", "", common.md_table(["setting", "seed", "steps", "passes", "kept step", "teacher"]
                                                + [f"w{w}" for w in widths] + ["compress s"], runs)]
     earlier = sorted({r["from"] for r in result["runs"] if r.get("from")})
     if earlier:

@@ -98,8 +98,9 @@ def build_plan(args, base) -> List[Run]:
             teacher = os.path.join(t_dir, "teacher")
         for name in args.settings:
             changes = args.catalog[name].pinned(base)
+            stages = ["compress", "refine", "export"] if changes.get("refine.steps") else ["compress", "export"]
             plan.append(_run(name, seed, os.path.join(out, "runs", name, f"seed_{seed}"),
-                             {**shared, "run.stages": ["compress", "export"], "export.inference_model": False,
+                             {**shared, "run.stages": stages, "export.inference_model": False,
                               "model.teacher": teacher, **changes}))
     return plan
 
@@ -181,13 +182,28 @@ def read_run(run: Run, need_glue: bool) -> dict:
     data_line = _grep(os.path.join(run.out_dir, "logs", "workerlog.0"), "data train:")
     if need_glue and "GLUE_DIR" not in (data_line or ""):
         raise UserError(f"{run.out_dir}: trained on {data_line!r}, not GLUE_DIR's SST-2")
-    steps = [row["step"] for row in _jsonl(os.path.join(run.out_dir, "metrics.jsonl")) if row["kind"] == "compress"]
+    rows = _jsonl(os.path.join(run.out_dir, "metrics.jsonl"))
+    steps = [row["step"] for row in rows if row["kind"] == "compress"]
     return {"setting": run.setting, "seed": run.seed, "out_dir": run.out_dir, "metric": metric,
             "teacher": results["teacher"][metric],
             "widths": {str(float(r["width"])): r["metrics"][metric] for r in results["widths"]},
             "compress_steps": max(steps) if steps else None, "best_step": results["compress_best"]["step"],
+            "passes": sub_network_passes(load_config(os.path.join(run.out_dir, "config.yaml")),
+                                         max(steps) if steps else 0, rows),
             "samples_per_s": results.get("throughput", {}).get("compress", {}).get("samples_per_s"),
             "seconds": results.get("seconds"), "world_size": results["world_size"], "data": data_line}
+
+
+def sub_network_passes(cfg, compress_steps: int, rows: List[dict]) -> int:
+    """The compute a run spent, as issue 27 counts it: sub-network forward+backward passes (a step of "all"
+    trains every width; "sandwich" the two ends and ``sandwich_random`` others; refine one width a step)."""
+    widths = len(cfg.compress.widths)
+    per_step = widths if cfg.compress.width_sampling == "all" or widths <= 2 else 2 + cfg.compress.sandwich_random
+    refine = {}
+    for row in rows:
+        if row["kind"].startswith("refine_width_") and not row["kind"].endswith("_eval"):
+            refine[row["kind"]] = max(refine.get(row["kind"], 0), row["step"])
+    return compress_steps * per_step + sum(refine.values())
 
 
 def _grep(path: str, prefix: str) -> Optional[str]:

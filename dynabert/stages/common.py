@@ -1,6 +1,7 @@
 """What every stage shares: its context, the runner (completion markers, resume point, seeding), and
 small helpers (where a width's model lives, whether a result is a new best, whether weights are finite).
 """
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from dynabert.collectives import Collectives
 from dynabert.config import Config
 from dynabert.data.task_data import TaskData
 from dynabert.errors import UserError
-from dynabert.model import pretrained
+from dynabert.model import families, pretrained
+from dynabert.model.export import EXPORT_META, load_exported
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.loop import LoopSettings
 from dynabert.train.run_log import RunLog
@@ -47,12 +49,18 @@ def run_stage(ctx: StageContext, name: str, body: Callable[[StageContext, Option
         ctx.log.info(f"{name}: already complete in {ctx.cfg.run.out_dir}")
         return done
     checkpoint = resume_point(ctx.cfg, name, ctx.resume, ctx.comms, ctx.log)
-    ctx.log.start_stage(name, checkpoint.position.step if checkpoint is not None else 0)
+    ctx.log.start_stage(log_name(name), checkpoint.position.step if checkpoint is not None else 0)
     seed_everything(ctx.cfg.run.seed)
     info = body(ctx, checkpoint)
     mark_done(ctx.cfg, name, info, ctx.comms)
-    faults.fire("stage_done", stage=name, rank=ctx.comms.rank)  # tests: a kill between two stages
+    faults.fire("stage_done", stage=log_name(name), rank=ctx.comms.rank)  # tests: a kill between two stages
     return info
+
+
+def log_name(stage: str) -> str:
+    """A stage's name in the run log, metrics and faults: a nested stage (``refine/width_0.5``, whose
+    checkpoints are ``checkpoints/refine/width_0.5``) flattened, ``refine_width_0.5``."""
+    return stage.replace("/", "_")
 
 
 def seed_everything(seed: int) -> None:
@@ -91,6 +99,28 @@ def load_teacher(ctx: StageContext):
         comms.broadcast_parameters(teacher.parameters(), src=0)
     teacher.eval()
     return teacher
+
+
+def load_kept(ctx: StageContext, source: str, width: float):
+    """A kept sub-model (written by rank 0 during compress or refine) on every rank: rank 0 reads it, the others
+    build the same shape from rank 0's description and receive its weights."""
+    def describe_kept() -> dict:
+        if not os.path.isdir(source):
+            raise UserError(f"export.widths: no kept model for width {width:g} at {source}; run the compress "
+                            "stage first (and refine, when refine.steps > 0)")
+        with open(os.path.join(source, EXPORT_META)) as f:
+            meta = json.load(f)
+        family = families.get(meta.get("family", "bert"))
+        return {"config": family.config_class.from_pretrained(source).to_dict(), "num_heads": meta["num_heads"],
+                "family": family.name}
+
+    shape = ctx.comms.decide(describe_kept)
+    family = families.get(shape["family"])
+    model = (load_exported(source) if ctx.comms.is_main
+             else family.build(family.config_from_dict(shape["config"]), shape["num_heads"]))
+    ctx.comms.broadcast_parameters(model.parameters(), src=0)
+    model.eval()
+    return model
 
 
 def width_dir(root: str, width: float) -> str:

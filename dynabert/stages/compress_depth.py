@@ -22,8 +22,8 @@ from dynabert.model.export import EXPORT_META, extract_submodel_at_depth, save_e
 from dynabert.model.outputs import HiddenStates, KeptHiddenStates, PaddingGradients, forward
 from dynabert.model.pretrained import tokenizer_of
 from dynabert.model.supernet import Supernet
-from dynabert.stages.common import StageContext, describe, load_teacher
-from dynabert.stages.export import load_kept, remove_earlier_exports
+from dynabert.stages.common import StageContext, describe, load_kept, load_teacher
+from dynabert.stages.export import remove_earlier_exports
 from dynabert.stages.supernet_training import BestKeeper, finish_training, training_batches
 from dynabert.train.checkpoint import Checkpoint
 from dynabert.train.evaluation import metrics_on

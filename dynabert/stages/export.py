@@ -3,24 +3,16 @@
 This is the only place dev is read under the honest protocol: each exported model, and the teacher,
 evaluated once. Rank 0 writes ``export/width_W`` (weights, config, vocabulary, Paddle inference model).
 """
-import json
 import os
 from typing import Callable, Iterable, List
 
 from dynabert import faults
-from dynabert.errors import UserError
 from dynabert.io_utils import remove_path
-from dynabert.model import families
-from dynabert.model.export import (
-    EXPORT_META,
-    encoder_parameter_count,
-    load_exported,
-    parameter_count,
-    save_exported,
-)
+from dynabert.model.export import encoder_parameter_count, parameter_count, save_exported
 from dynabert.model.outputs import forward
 from dynabert.model.pretrained import tokenizer_of
-from dynabert.stages.common import StageContext, describe, load_teacher, teacher_source, width_dir
+from dynabert.stages.common import StageContext, describe, load_kept, load_teacher, teacher_source, width_dir
+from dynabert.stages.refine import kept_dir
 from dynabert.train.evaluation import metrics_on
 
 
@@ -30,28 +22,6 @@ def teacher_dev_metrics(ctx: StageContext) -> dict:
     result = metrics_on(ctx.data.dev, lambda b: forward(teacher, b), ctx.data, ctx.cfg, ctx.comms)
     ctx.log.info(f"teacher {teacher_source(ctx.cfg)}: dev {describe(result)}")
     return result
-
-
-def load_kept(ctx: StageContext, source: str, width: float):
-    """A kept sub-model (written by rank 0 during compress) on every rank: rank 0 reads it, the others
-    build the same shape from rank 0's description and receive its weights."""
-    def describe_kept() -> dict:
-        if not os.path.isdir(source):
-            raise UserError(f"export.widths: no compressed model for width {width:g} at {source}; run the "
-                            "compress stage first")
-        with open(os.path.join(source, EXPORT_META)) as f:
-            meta = json.load(f)
-        family = families.get(meta.get("family", "bert"))
-        return {"config": family.config_class.from_pretrained(source).to_dict(), "num_heads": meta["num_heads"],
-                "family": family.name}
-
-    shape = ctx.comms.decide(describe_kept)
-    family = families.get(shape["family"])
-    model = (load_exported(source) if ctx.comms.is_main
-             else family.build(family.config_from_dict(shape["config"]), shape["num_heads"]))
-    ctx.comms.broadcast_parameters(model.parameters(), src=0)
-    model.eval()
-    return model
 
 
 def remove_earlier_exports(root: str, names: Iterable[str], log: Callable[[str], None]) -> List[str]:
@@ -82,7 +52,7 @@ def export(ctx: StageContext) -> List[dict]:
 
 def export_width(ctx: StageContext, width: float) -> dict:
     cfg, comms = ctx.cfg, ctx.comms
-    model = load_kept(ctx, width_dir(ctx.path("compress", "best"), width), width)
+    model = load_kept(ctx, kept_dir(cfg, width), width)
     result = metrics_on(ctx.data.dev, lambda b: forward(model, b), ctx.data, cfg, comms)
     meta = {"width": width, "parameters": parameter_count(model), "encoder_parameters": encoder_parameter_count(model)}
     out = width_dir(ctx.path("export"), width)

@@ -21,7 +21,7 @@ def needs_training_data(cfg: Config) -> bool:
     calibration rows), through the cache."""
     stages = cfg.run.stages
     return (("finetune" in stages and not cfg.model.teacher) or "compress" in stages or "compress_depth" in stages
-            or "select" in stages)
+            or ("refine" in stages and cfg.refine.steps > 0) or "select" in stages)
 
 
 def prepare_data(cfg: Config, tokenizer, log: RunLog, *, needs_train: Optional[bool] = None,

@@ -47,7 +47,7 @@ def resume_point(cfg: Config, stage: str, resume: Optional[str], comms: Collecti
         checkpoint = None
         if resume == "auto":
             checkpoint = latest_checkpoint(root, log.info)
-        elif resume and os.path.basename(os.path.dirname(os.path.abspath(resume))) == stage:
+        elif resume and os.path.dirname(os.path.abspath(resume)).endswith(os.sep + stage):
             problem = verify(resume)  # an explicit checkpoint of this stage (one of another stage: fresh start)
             if problem:
                 raise UserError(f"--resume {resume}: not a complete checkpoint ({problem})")

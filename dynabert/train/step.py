@@ -1,6 +1,7 @@
 """One DynaBERT optimisation step's mathematics: teacher once, every width forward+backward.
 
-The depth stage's step (every width at every depth) follows the width stage's. No optimizer, no
+The depth stage's step (every width at every depth) and the refine stage's (one standalone sub-model)
+follow the width stage's. No optimizer, no
 communication, no logging here: the loop (``dynabert/train/loop.py``) owns those.
 """
 import contextlib
@@ -90,12 +91,9 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
     for i, width in enumerate(order):
         with phase(f"width {width}"):
             supernet.set_width(width)
-            with _masking(padding, batch):
-                logits = forward(supernet, batch)
-            terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
-                                 attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                 lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
-                                 labels=batch["labels"], lambda_task=lambda_task)
+            logits, terms = _student_terms(supernet, student_states, batch, teacher_hidden, teacher_logits,
+                                           lambda_distill=lambda_distill, lambda_logit=lambda_logit,
+                                           lambda_task=lambda_task, regression=regression, padding=padding)
             if inplace_weight and full_logits is not None:
                 terms["inplace"] = logit_loss(logits, full_logits, regression)
                 terms["loss"] = terms["loss"] + inplace_weight * terms["inplace"]
@@ -105,6 +103,37 @@ def supernet_step(supernet, student_states: HiddenStates, teacher, teacher_state
                 backward(terms["loss"])  # (scaled under fp16)
             losses[width] = {k: v.detach() for k, v in terms.items()}
     return losses
+
+
+def _student_terms(student, student_states: HiddenStates, batch, teacher_hidden, teacher_logits, *,
+                   lambda_distill: float, lambda_logit: float, lambda_task: float, regression: bool,
+                   padding: Optional[PaddingGradients]) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
+    """One student's forward and its distillation loss terms (no backward): its logits and the terms."""
+    with _masking(padding, batch):
+        logits = forward(student, batch)
+    terms = distill_loss(student_states.take(), teacher_hidden, logits, teacher_logits,
+                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
+                         lambda_distill=lambda_distill, lambda_logit=lambda_logit, regression=regression,
+                         labels=batch["labels"], lambda_task=lambda_task)
+    return logits, terms
+
+
+def distill_step(student, student_states: HiddenStates, teacher, teacher_states: HiddenStates,
+                 batch: Dict[str, paddle.Tensor], *, lambda_distill: float, lambda_logit: float,
+                 lambda_task: float, regression: bool, backward: Callable = _backward,
+                 padding: Optional[PaddingGradients] = None) -> Dict[str, paddle.Tensor]:
+    """One standalone student (the refine stage's exported sub-model) distilled from the teacher: the same
+    loss as one width of ``supernet_step``, forward and backward; the caller reduces and steps."""
+    teacher_logits = teacher_hidden = None
+    if lambda_distill or lambda_logit:
+        with paddle.no_grad():
+            teacher_logits = forward(teacher, batch)
+            teacher_hidden = teacher_states.take()
+    _, terms = _student_terms(student, student_states, batch, teacher_hidden, teacher_logits,
+                              lambda_distill=lambda_distill, lambda_logit=lambda_logit, lambda_task=lambda_task,
+                              regression=regression, padding=padding)
+    backward(terms["loss"])
+    return {k: v.detach() for k, v in terms.items()}
 
 
 _NULL_CONTEXT = contextlib.nullcontext()  # reusable: the default phase costs one call per part
@@ -154,13 +183,10 @@ def depth_step(student: DepthSupernet, student_states: KeptHiddenStates, teacher
                 last = wi == len(widths) - 1 and di == len(depths) - 1
                 with phase(f"width {width} depth {depth}"):
                     student.set_depth(depth)
-                    with _masking(padding, batch):
-                        logits = forward(student, batch)
                     paired = teacher_hidden and [teacher_hidden[j] for j in teacher_hidden_indices(layers, depth)]
-                    terms = distill_loss(student_states.take(), paired, logits, teacher_logits,
-                                         attention_mask=batch["attention_mask"], token_share=batch.get("token_share"),
-                                         lambda_distill=lambda_distill, lambda_logit=lambda_logit,
-                                         regression=regression, labels=batch["labels"], lambda_task=lambda_task)
+                    _, terms = _student_terms(student, student_states, batch, paired, teacher_logits,
+                                              lambda_distill=lambda_distill, lambda_logit=lambda_logit,
+                                              lambda_task=lambda_task, regression=regression, padding=padding)
                     with _last(last_backward) if last else _NULL_CONTEXT:
                         backward(terms["loss"])
                     losses[loss_key(width, depth)] = {k: v.detach() for k, v in terms.items()}
