@@ -17,7 +17,8 @@ dynabert/faults.py), so a few jobs cover the matrix:
 (r0/r1: the global rank that dies; on two nodes, rank r lives on node r, so the kill lands on each node
 in turn, and the nodes share no filesystem: each has its own run directory, and only rank 0's is written.)
 Training is deterministic given (seed, rank, step), with dropout on, so "the same" is exact. A third job pair
-runs the opt-in training options (sandwich sampling, patience, the bf16 and bucketed all-reduce) killed twice.
+runs the opt-in training options (sandwich sampling, patience, the bf16 and bucketed all-reduce, the refine
+stage) killed twice in compress and twice in refine.
 """
 import json
 import os
@@ -168,24 +169,62 @@ def test_two_node_job_killed_on_each_node_in_turn_ends_as_the_uninterrupted_one(
 OPTIONS = ["compress.width_sampling=sandwich", "compress.widths=[1.0,0.75,0.5,0.25]", "compress.optim.patience=2",
            "compress.optim.eval_every=5", "compress.optim.allreduce_dtype=bf16",
            "compress.optim.overlap_allreduce=true", "compress.optim.allreduce_bucket_mb=0.002",
-           "run.stages=[finetune,compress,export]", "compress.depths=[1.0]"]
+           "refine.steps=12", "refine.widths=[0.5,0.25]", "refine.optim.eval_every=4",
+           "run.stages=[finetune,compress,refine,export]", "compress.depths=[1.0]"]
 OPTION_FAULTS = [dict(rank=1, stage="compress", step=7),    # mid-stage, between evaluations
-                 dict(rank=0, stage="compress", step=16)]   # right after checkpoint 16
+                 dict(rank=0, stage="compress", step=16),   # right after checkpoint 16
+                 dict(rank=1, stage="refine_width_0.5", step=10),   # the first refined width, after checkpoint 8
+                 dict(rank=0, stage="refine_width_0.5", point="stage_done")]  # between the two refined widths
 
 
-def test_the_opt_in_training_options_survive_kills_as_the_uninterrupted_job(tiny_model_dir, tmp_path):
-    straight_out, killed_out = str(tmp_path / "straight"), str(tmp_path / "killed")
-    _finish([launch(_args(tiny_model_dir, straight_out, *OPTIONS))], [straight_out])
+@pytest.fixture(scope="module")
+def straight_options(tiny_model_dir, tmp_path_factory):
+    """The uninterrupted job with the opt-in options: one node, two processes."""
+    out = str(tmp_path_factory.mktemp("straight_options"))
+    _finish([launch(_args(tiny_model_dir, out, *OPTIONS))], [out])
+    return out
+
+
+def _assert_same_options_run(straight, out):
+    assert _results(out, select=False) == _results(straight, select=False)
+    a, b = _exported(straight), _exported(out)
+    assert sorted(a) == sorted(b) == ["width_0.25", "width_0.5", "width_0.75", "width_1"]
+    for name in a:
+        same_parameters(a[name], b[name])
+    rows = _metric_rows(out)
+    assert rows == _metric_rows(straight)
+    assert _leftovers(out) == []
+    return rows
+
+
+def test_the_opt_in_training_options_survive_kills_as_the_uninterrupted_job(tiny_model_dir, straight_options,
+                                                                            tmp_path):
+    killed_out = str(tmp_path / "killed")
     log, = _finish([launch(_args(tiny_model_dir, killed_out, *OPTIONS), restarts=len(OPTION_FAULTS),
                            env=_faults(tmp_path, OPTION_FAULTS))], [killed_out])
     assert len(_fired(tmp_path, len(OPTION_FAULTS))) == len(OPTION_FAULTS)
     assert log.count("restart ") == len(OPTION_FAULTS)
-    assert _results(killed_out, select=False) == _results(straight_out, select=False)
-    a, b = _exported(straight_out), _exported(killed_out)
-    assert sorted(a) == sorted(b) == ["width_0.25", "width_0.5", "width_0.75", "width_1"]
-    for name in a:
-        same_parameters(a[name], b[name])
-    rows = _metric_rows(killed_out)
-    assert rows == _metric_rows(straight_out)
+    rows = _assert_same_options_run(straight_options, killed_out)
     trained = max(step for kind, step in rows if kind == "compress")
     assert 16 < trained < 40 and f"compress: stopping at step {trained} of 40" in log  # patience, after both kills
+    assert "refine_width_0.5: resuming at step 8" in log and "refine/width_0.5: already complete" in log
+    refined = [(kind, step) for kind, step in rows if kind.startswith("refine_width_")]
+    assert refined == [(f"refine_width_{w}{suffix}", s) for w in ("0.25", "0.5")  # logged every 10 steps
+                       for suffix, steps in (("", (10, 12)), ("_eval", (0, 4, 8, 12))) for s in steps]
+
+
+REFINE_TWO_NODE_FAULTS = [dict(rank=1, stage="refine_width_0.25", step=10)]  # node 1, after refine's checkpoint 8
+
+
+def test_refine_on_two_nodes_killed_on_node_1_ends_as_the_one_node_job(tiny_model_dir, straight_options, tmp_path):
+    """Refine reads compress's kept models and writes its own on node 0's disk alone: node 1 receives them
+    through the group, at the start and after its restart."""
+    port, env = free_port(), _faults(tmp_path, REFINE_TWO_NODE_FAULTS)
+    outs = [str(tmp_path / f"node{n}") for n in (0, 1)]
+    procs = [launch(_args(tiny_model_dir, outs[n], *OPTIONS), nnodes=2, nproc=1, node_rank=n, port=port,
+                    restarts=1, env=env) for n in (0, 1)]
+    _finish(procs, outs)
+    assert len(_fired(tmp_path, 1)) == 1
+    _assert_same_options_run(straight_options, outs[0])
+    for written in ("checkpoints", "teacher", "compress", "refine", "export", "results.json"):
+        assert not os.path.exists(os.path.join(outs[1], written)), written
