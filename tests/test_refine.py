@@ -94,6 +94,15 @@ def test_each_refined_width_trains_its_steps_and_is_evaluated_from_step_0(refine
     assert sorted(results["refine_best"]) == ["0.25", "0.5"]
 
 
+def test_a_width_still_rising_at_the_last_evaluation_is_flagged(refined):
+    out, _ = refined
+    rows = _rows(out)
+    for w in ("0.5", "0.25"):
+        evals = [r["accuracy"] for r in rows if r["kind"] == f"refine_width_{w}_eval"]
+        done = json.load(open(os.path.join(out, "checkpoints", "refine", f"width_{w}", "DONE.json")))
+        assert done["still_rising"] == (evals[-1] > evals[-2])
+
+
 def test_the_kept_model_is_the_best_evaluation_and_export_reads_it(refined):
     out, results = refined
     rows = _rows(out)

@@ -93,6 +93,7 @@ def refine_width(ctx: StageContext, checkpoint: Optional[Checkpoint], width: flo
             result = metrics_on(data.selection, lambda b: forward(student, b), data, cfg, comms)
         student.train()
         log.record(f"{name}_eval", step, result)
+        best["recent"] = (best.get("recent", []) + [result[metric]])[-2:]
         log.info(f"{name} eval step {step} ({data.selection_name}): {describe(result)}")
         if improves(result, best["metrics"], metric) and is_finite(student):
             best["metrics"] = {**result, "step": step}
@@ -118,8 +119,12 @@ def refine_width(ctx: StageContext, checkpoint: Optional[Checkpoint], width: flo
     for hooks in (student_states, teacher_states, padding):
         hooks.remove()
     comms.barrier()  # rank 0 has written the kept model
-    kept = best["metrics"]
+    kept, recent = best["metrics"], best.get("recent", [])
+    still_rising = len(recent) == 2 and recent[1] > recent[0]
+    if still_rising:
+        log.info(f"{name}: warning: {metric} on {data.selection_name} was still rising at the last evaluation "
+                 f"({recent[0]:.4f} -> {recent[1]:.4f}); it may gain from more refine.steps")
     log.info(f"{name}: kept step {kept['step']} ({data.selection_name} {metric} {kept[metric]:.4f}; "
              f"{'the unrefined model' if kept['step'] == 0 else 'refined'})")
-    return {"best": kept, "throughput": global_throughput(outcome.throughput, comms),
+    return {"best": kept, "still_rising": still_rising, "throughput": global_throughput(outcome.throughput, comms),
             "skipped_steps": outcome.skipped_steps}
