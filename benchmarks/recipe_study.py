@@ -198,7 +198,7 @@ def sub_network_passes(cfg, compress_steps: int, rows: List[dict]) -> int:
     """The compute a run spent, as issue 27 counts it: sub-network forward+backward passes (a step of "all"
     trains every width; "sandwich" the two ends and ``sandwich_random`` others; refine one width a step)."""
     widths = len(cfg.compress.widths)
-    per_step = widths if cfg.compress.width_sampling == "all" or widths <= 2 else 2 + cfg.compress.sandwich_random
+    per_step = widths if cfg.compress.width_sampling == "all" else min(widths, 2 + cfg.compress.sandwich_random)
     refine = {}
     for row in rows:
         if row["kind"].startswith("refine_width_") and not row["kind"].endswith("_eval"):

@@ -119,10 +119,11 @@ def unpadded_batch(w: Workload, global_batch: int, seq_len: int, rank: int = 0,
 
 
 def bench_config(global_batch: int, learning_rate: float = 5e-5) -> Config:
-    """The project's config for this workload: the tutorial's widths and loss weights (no label term), the trainer's
-    default optimizer settings (AdamW, warm-up 0.1, weight decay 0.01, clipping at 1.0)."""
+    """The project's config for this workload: the tutorial's widths, loss weights (no label term) and sampling
+    (every width every step, like for like), the trainer's default optimizer settings (AdamW, warm-up 0.1, weight
+    decay 0.01, clipping at 1.0)."""
     return Config(compress=CompressConfig(widths=WIDTHS, lambda_distill=LAMBDA_DISTILL, lambda_logit=LAMBDA_LOGIT,
-                                          lambda_task=LAMBDA_TASK,
+                                          lambda_task=LAMBDA_TASK, width_sampling="all",
                                           optim=OptimConfig(batch_size=global_batch, learning_rate=learning_rate)),
                   run=RunConfig(seed=SEED))
 

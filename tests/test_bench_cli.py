@@ -27,7 +27,7 @@ def test_breakdown_parts_add_up_to_the_measured_step(tiny_model_dir):
     from dynabert.train import bench_step as B
     from launcher.config import load_config
 
-    cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}"])
+    cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}", "compress.width_sampling=all"])  # every width
     comms = SingleProcess()
     w = B.load_workload(cfg, 32, 6 * 32, synthetic=False)
     step = B.CompressStep(B.load_teacher(cfg, w), cfg, comms, regression=w.regression, steps=6)

@@ -40,11 +40,17 @@ def test_sandwich_draw_depends_on_seed_and_step_only():
     assert a != c
 
 
-def test_sandwich_random_must_fit_between_the_ends():
+def test_sandwich_random_is_at_most_the_widths_between_the_ends():
     from dynabert.errors import UserError
 
-    with pytest.raises(UserError, match="compress.sandwich_random: must be between 0 and 2"):
-        load_config(None, ["compress.width_sampling=sandwich", "compress.sandwich_random=3"])
+    with pytest.raises(UserError, match="compress.sandwich_random: must be >= 0"):
+        load_config(None, ["compress.width_sampling=sandwich", "compress.sandwich_random=-1"])
+    for k in (2, 3):  # as many as lie between, or more: every width, every step
+        assert {widths_for_step(WIDTHS, sampling="sandwich", random_widths=k, seed=1, step=s)
+                for s in range(10)} == {tuple(WIDTHS)}
+    assert widths_for_step((1.0, 0.5), sampling="sandwich", random_widths=1, seed=1, step=0) == (1.0, 0.5)
+    assert widths_for_step((1.0, 0.75, 0.5, 0.25), sampling="sandwich", random_widths=0, seed=1, step=0) == (1.0, 0.25)
+    load_config(None, ["compress.widths=[1.0,0.5]"])  # the default sandwich needs no width between
     with pytest.raises(UserError, match="compress.width_sampling: must be 'all' or 'sandwich'"):
         load_config(None, ["compress.width_sampling=some"])
 

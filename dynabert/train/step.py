@@ -23,10 +23,10 @@ def _backward(loss: paddle.Tensor) -> None:
 def widths_for_step(widths: Sequence[float], *, sampling: str, random_widths: int, seed: int,
                     step: int) -> Tuple[float, ...]:
     """The widths one step trains, widest first. "all": every width. "sandwich" (BigNAS, OFA): the widest,
-    the narrowest, and ``random_widths`` of the others drawn without replacement from (seed, step) alone, so
-    every rank draws the same ones and a resumed run draws what the uninterrupted one did."""
+    the narrowest, and ``random_widths`` of the others (all of them, if fewer) drawn without replacement from
+    (seed, step) alone, so every rank draws the same ones and a resumed run draws what the uninterrupted one did."""
     ordered = sorted(widths, reverse=True)
-    if sampling == "all" or len(ordered) <= 2:
+    if sampling == "all" or len(ordered) - 2 <= random_widths:
         return tuple(ordered)
     middle = ordered[1:-1]
     picked = np.random.default_rng([seed, step]).choice(len(middle), size=random_widths, replace=False)
