@@ -183,7 +183,9 @@ def read_run(run: Run, need_glue: bool) -> dict:
     if need_glue and "GLUE_DIR" not in (data_line or ""):
         raise UserError(f"{run.out_dir}: trained on {data_line!r}, not GLUE_DIR's SST-2")
     rows = _jsonl(os.path.join(run.out_dir, "metrics.jsonl"))
-    steps = [row["step"] for row in rows if row["kind"] == "compress"]
+    # Training rows are logged every run.log_every steps; the last step always has an evaluation (patience may
+    # stop between two logging steps).
+    steps = [row["step"] for row in rows if row["kind"] == "compress" or row["kind"].startswith("compress_eval/")]
     return {"setting": run.setting, "seed": run.seed, "out_dir": run.out_dir, "metric": metric,
             "teacher": results["teacher"][metric],
             "widths": {str(float(r["width"])): r["metrics"][metric] for r in results["widths"]},

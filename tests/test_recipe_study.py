@@ -232,6 +232,18 @@ def test_previous_json_stands_in_for_its_runs_and_only_for_the_same_study(tmp_pa
     assert "--previous" in capsys.readouterr().err
 
 
+def test_a_run_stopped_between_logging_steps_counts_its_last_step(tmp_path):
+    """Patience stops at an evaluation, which need not be a logging step: the run's steps (and passes) are the
+    last evaluated step, not the last logged one."""
+    args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
+    run = rs.build_plan(args, load_config(args.config))[1]
+    _fake_run(run, np.random.RandomState(1), 0.8)
+    with open(os.path.join(run.out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"kind": "compress_eval/w0.25", "step": 161, "accuracy": 0.8}) + "\n")
+    record = rs.read_run(run, need_glue=True)
+    assert record["compress_steps"] == 161 and record["passes"] == 161 * 4
+
+
 def test_a_run_on_other_data_or_protocol_is_refused(tmp_path):
     args = _args(tmp_path, "--settings", "tutorial", "--seeds", "1")
     run = rs.build_plan(args, load_config(args.config))[1]
