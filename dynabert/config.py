@@ -170,7 +170,9 @@ class CompressConfig:
     # small widths (measured at that one budget; benchmarks/results/levers_A).
     width_sampling: str = "all"
     sandwich_random: int = 1
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3.0, learning_rate=2e-5))
+    # The rate: docs/recipe.md's rule, on two budgets x 3 seeds, chose 2e-4 at both (125 and 500 steps); DynaBERT's
+    # 2e-5 and 5e-5 left width 0.25 1-3 points lower (benchmarks/results/lr_study_A, lr_study_B).
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3.0, learning_rate=2e-4))
 
 
 @dataclass(frozen=True)

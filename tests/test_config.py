@@ -28,7 +28,7 @@ def test_precedence_cli_over_file_over_defaults(tmp_path):
     cfg = load_config(str(path), ["data.max_seq_len=96"])
     assert cfg.data.max_seq_len == 96                  # CLI wins over the file
     assert cfg.compress.optim.epochs == 2.0            # file wins over defaults
-    assert cfg.compress.optim.learning_rate == 2e-5    # compress.optim's own default survives
+    assert cfg.compress.optim.learning_rate == 2e-4    # compress.optim's own default survives
     assert cfg.finetune.learning_rate == 5e-5          # untouched section keeps defaults
 
 

@@ -1,7 +1,13 @@
 """The compress learning rate's decision rule (benchmarks/lr_rule.py), on made-up runs."""
+import json
+import os
+
 import pytest
 
 from benchmarks.lr_rule import choose, means, rate_of
+from dynabert.config import CompressConfig
+from launcher.config import load_config
+from tests.conftest import ROOT
 
 
 def runs(table):
@@ -32,3 +38,33 @@ def test_the_narrowest_width_gates_then_the_mean_decides_then_the_smaller_rate()
     # otherwise the best mean among the eligible
     table = {1e-4: {"0.25": -1.2, "all": -0.8}, 2e-4: {"0.25": -1.0, "all": -0.5}}
     assert choose(table) == 2e-4
+
+
+STUDIES = [os.path.join(ROOT, "benchmarks", "results", budget, "recipe_study.json")
+           for budget in ("lr_study_A", "lr_study_B")]
+# Exempt: tiny.yaml trains a random model on synthetic data, and the tutorial_recipe configs reproduce the
+# PaddleSlim tutorial's recipe (its rate included) for the recipe study's baseline.
+EXEMPT = ("tiny.yaml", "tutorial_recipe.yaml", "tutorial_recipe_teacher3.yaml")
+
+
+def test_the_rule_on_the_committed_studies_chose_the_library_default():
+    """docs/recipe.md's rule, applied to the committed 3-seed runs of both budgets: when they agree, their rate is
+    the library's default compress rate. New runs that move the choice fail this test until the default follows."""
+    chosen = []
+    for path in STUDIES:
+        with open(path) as f:
+            table = means(json.load(f)["runs"])
+        assert {row["n"] for row in table.values()} == {3}, f"{path}: not 3 seeds for every rate"
+        chosen.append(choose(table))
+    assert chosen[0] == chosen[1], f"the budgets disagree ({chosen}): docs/recipe.md's scaled rule applies"
+    assert CompressConfig().optim.learning_rate == chosen[0]
+
+
+SHIPPED = sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in EXEMPT])
+def test_every_shipped_config_compresses_at_the_rule_s_rate(name):
+    cfg = load_config(os.path.join(ROOT, "configs", name))
+    assert cfg.compress.optim.learning_rate == CompressConfig().optim.learning_rate, name
+    assert set(EXEMPT) <= set(SHIPPED)  # an exemption names a shipped config
