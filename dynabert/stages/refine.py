@@ -65,7 +65,14 @@ def stage_name(width: float) -> str:
 
 def refine(ctx: StageContext) -> dict:
     """Every refined width, each a resumable stage of its own. Returns {width: its completion record}."""
-    return {f"{w:g}": run_stage(ctx, stage_name(w), lambda c, checkpoint, w=w: refine_width(c, checkpoint, w))
+    teachers = []  # loaded once, by the first width that trains (a resumed run's finished widths need none)
+
+    def body(c: StageContext, checkpoint: Optional[Checkpoint], width: float) -> dict:
+        if not teachers:
+            teachers.append(load_teacher(c))
+        return refine_width(c, checkpoint, width, teachers[0])
+
+    return {f"{w:g}": run_stage(ctx, stage_name(w), lambda c, checkpoint, w=w: body(c, checkpoint, w))
             for w in refined_widths(ctx.cfg)}
 
 
@@ -75,11 +82,11 @@ def refine_optim(cfg: Config, steps_per_epoch: int):
     return dataclasses.replace(cfg.refine.optim, epochs=float(epochs), max_steps=cfg.refine.steps)
 
 
-def refine_width(ctx: StageContext, checkpoint: Optional[Checkpoint], width: float) -> dict:
+def refine_width(ctx: StageContext, checkpoint: Optional[Checkpoint], width: float, teacher) -> dict:
+    """``teacher``: the fine-tuned teacher in eval mode (shared by the widths; its hooks are removed here)."""
     cfg, comms, log, data = ctx.cfg, ctx.comms, ctx.log, ctx.data
     name, ccfg = log_name(stage_name(width)), cfg.compress
     metric = main_metric_name(data.spec)
-    teacher = load_teacher(ctx)
     student = load_kept(ctx, width_dir(ctx.path("compress", "best"), width), width)
     out = width_dir(ctx.path(NAME), width)
     best = checkpoint.extra["best"] if checkpoint else {"metrics": None}
